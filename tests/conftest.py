@@ -1,0 +1,34 @@
+"""Shared test helpers: where the reference fixtures live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def fixture_dir(name: str) -> Path:
+    """A committed fixture folder, or a skip naming the command that regenerates it."""
+    d = FIXTURES / name
+    if not (d / "golden.npz").exists():
+        pytest.skip(f"{d} missing: run `bash tests/reference/regenerate.sh`")
+    return d
+
+
+def load_golden(name: str) -> dict[str, np.ndarray]:
+    with np.load(fixture_dir(name) / "golden.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def full_fixture_dir(name: str) -> Path:
+    """A published-size reference folder generated at test time (tests/run.sh sets MOSHI_REF_FULL)."""
+    import os
+
+    root = os.environ.get("MOSHI_REF_FULL")
+    d = Path(root) / name if root else None
+    if d is None or not (d / "golden.npz").exists():
+        pytest.skip(f"published-size reference {name} not generated: run `bash tests/run.sh` (not --quick)")
+    return d

@@ -1,0 +1,77 @@
+"""Agreement between the references, from the fixture goldens (numpy only).
+
+    python tests/reference/report.py [FIXTURES_DIR]
+Prints token agreement and logit differences: PyTorch fp32 vs bf16, PyTorch vs moshi_mlx, moshi_mlx bf16 vs
+q8/q4 (teacher-forced), and Mimi codes PyTorch vs moshi_mlx (vs rustymimi where present).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+
+def first_divergence(a: np.ndarray, b: np.ndarray) -> str:
+    diff = np.nonzero((a != b).reshape(a.shape[0], -1).any(1))[0]
+    return "never" if diff.size == 0 else f"step {int(diff[0])}"
+
+
+def lm_report(d: Path) -> None:
+    g = common.load_npz(d / "golden.npz")
+    ref_t, ref_a = g["torch_fp32.text"], g["torch_fp32.audio"]
+    print(f"LM {d.name}: {ref_t.shape[0]} greedy steps; free-running vs torch_fp32")
+    print(f"  {'run':<12} {'text agree':>10} {'audio agree':>11}  first divergence")
+    for run in ("torch_bf16", "mlx_fp32", "mlx_bf16", "mlx_q8", "mlx_q4"):
+        t, a = g[f"{run}.text"], g[f"{run}.audio"]
+        print(f"  {run:<12} {100 * (t == ref_t).mean():9.1f}% {100 * (a == ref_a).mean():10.1f}%  "
+              f"{first_divergence(np.c_[t, a], np.c_[ref_t, ref_a])}")
+    if "ctx.torch_fp32.text" in g:
+        ct, ca = g["ctx.torch_fp32.text"], g["ctx.torch_fp32.audio"]
+        mt, ma = g["ctx.mlx_fp32.text"], g["ctx.mlx_fp32.audio"]
+        print(f"  context {int(g['ctx.context'].reshape(-1)[0])}: mlx_fp32 vs torch_fp32 first divergence "
+              f"{first_divergence(np.c_[mt, ma], np.c_[ct, ca])}")
+    print("  teacher-forced on torch_fp32 tokens: logits vs torch_fp32 (max abs / mean abs / top-1 agree)")
+    ref = {"text": g["torch_fp32.text_logits"], "audio": g["torch_fp32.audio_logits"]}
+    pairs = [(r, "torch_fp32") for r in ("torch_bf16", "mlx_fp32", "mlx_bf16", "mlx_q8", "mlx_q4",
+                                          "mlx_q8_f32", "mlx_q4_f32")]
+    pairs += [("mlx_q8", "mlx_bf16"), ("mlx_q4", "mlx_bf16"), ("mlx_bf16", "torch_bf16")]
+    for run, base in pairs:
+        parts = []
+        for kind in ("text", "audio"):
+            x = g[f"tf.{run}.{kind}_logits"].astype(np.float32)
+            y = ref[kind] if base == "torch_fp32" else g[f"tf.{base}.{kind}_logits"].astype(np.float32)
+            err = np.abs(x - y)
+            top1 = (x.argmax(-1) == y.argmax(-1)).mean()
+            parts.append(f"{kind} {err.max():.2e}/{err.mean():.2e}/{100 * top1:.1f}%")
+        print(f"  {run:>10} vs {base:<10} " + "  ".join(parts))
+
+
+def mimi_report(d: Path) -> None:
+    g = common.load_npz(d / "golden.npz")
+    print(f"Mimi {d.name}: {g['codes_8'].shape[-1]} frames")
+    for k in (8, 32):
+        line = f"  {k:>2} codebooks: moshi_mlx codes agree {100 * (g[f'mlx_codes_{k}'] == g[f'codes_{k}']).mean():.1f}%"
+        line += f", decode max abs diff {np.abs(g[f'mlx_decoded_{k}'] - g[f'decoded_{k}']).max():.2e}"
+        if f"rusty_codes_{k}" in g:
+            line += f"; rustymimi codes agree {100 * (g[f'rusty_codes_{k}'] == g[f'codes_{k}']).mean():.1f}%"
+        print(line)
+    distinct = [len(np.unique(r)) for r in g["codes_32"][0]]
+    print(f"  distinct codes per codebook (32): min {min(distinct)}, max {max(distinct)}")
+
+
+def main() -> None:
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "fixtures"
+    for d in sorted(root.iterdir()):
+        if (d / "golden.npz").exists() and (d / "config.json").exists():
+            lm_report(d)
+        elif (d / "golden.npz").exists():
+            mimi_report(d)
+
+
+if __name__ == "__main__":
+    main()
