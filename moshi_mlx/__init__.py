@@ -14,6 +14,9 @@ _LAZY = {
     "MimiConfig": "moshi_mlx.mimi",
     "load_lm": "moshi_mlx.lm",
     "LmConfig": "moshi_mlx.lm",
+    "load": "moshi_mlx.loading",
+    "LoadError": "moshi_mlx.loading",
+    "Engine": "moshi_mlx.engine",
 }
 
 

@@ -32,3 +32,11 @@ def full_fixture_dir(name: str) -> Path:
     if d is None or not (d / "golden.npz").exists():
         pytest.skip(f"published-size reference {name} not generated: run `bash tests/run.sh` (not --quick)")
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A complete tiny random checkpoint folder (see tests/tiny_model.py), built once per session."""
+    from tiny_model import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint"))

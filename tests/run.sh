@@ -14,7 +14,8 @@ if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 if [ "$quick" = 0 ]; then
   export MOSHI_REF_FULL=${MOSHI_REF_FULL:-$root/.ref/full}
-  if [ ! -f "$MOSHI_REF_FULL/lm_mid/golden.npz" ] || [ ! -f "$MOSHI_REF_FULL/mimi_full/golden.npz" ]; then
+  if [ ! -f "$MOSHI_REF_FULL/lm_mid/golden.npz" ] || [ ! -f "$MOSHI_REF_FULL/mimi_full/golden.npz" ] \
+     || [ ! -f "$MOSHI_REF_FULL/e2e_mid/golden.npz" ]; then
     bash tests/reference/regenerate.sh --full "$MOSHI_REF_FULL"
   fi
 fi

@@ -13,15 +13,10 @@ spm = pytest.importorskip("sentencepiece")
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     """A small real sentencepiece model trained offline, with byte fallback like Moshi's."""
-    d = tmp_path_factory.mktemp("spm")
-    corpus = d / "corpus.txt"
-    words = "hello world moshi talks while you speak the quick brown fox jumps over lazy dogs".split()
-    corpus.write_text("\n".join(" ".join(words[i:] + words[:i]) for i in range(len(words))) * 20)
-    # ids 0-3 are specials, as in Moshi's tokenizer (EPAD 0, PAD 3 never stand for text)
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(d / "m"), vocab_size=300,
-                                   byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1,
-                                   eos_id=2, pad_id=3, minloglevel=2)
-    return spm.SentencePieceProcessor(model_file=str(d / "m.model"))
+    from tiny_model import train_tokenizer
+
+    path = train_tokenizer(tmp_path_factory.mktemp("spm") / "m.model")
+    return spm.SentencePieceProcessor(model_file=str(path))
 
 
 def _ids(tok, text):

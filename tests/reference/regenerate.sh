@@ -10,7 +10,7 @@ if [ "${1:-}" = "--full" ]; then
   out=${2:?usage: regenerate.sh --full DIR}
   mimi=(full 25.6)   # 320 frames: longer than the 250-step transformer context
   lm=mid
-  names=(mimi_full lm_mid)
+  names=(mimi_full lm_mid e2e_mid)
 else
   out=$here/../fixtures
   mimi=(tiny 5.12)
@@ -29,6 +29,9 @@ for name in "${names[@]}"; do
     lm_*)
       "$REF/torch/bin/python" "$here/torch_side.py" lm "$work" --size "$lm"
       "$REF/mlx/bin/python" "$here/mlx_side.py" lm "$work" ;;
+    e2e_*)  # the published-size Mimi feeding the mid-size LM (both card 2048)
+      "$REF/torch/bin/python" "$here/torch_side.py" e2e "$work" --mimi-dir "$out/mimi_full" \
+        --lm-dir "$out/lm_mid" ;;
   esac
   # Swap in whole: a half-written fixture folder is never left looking complete.
   rm -rf "$out/$name"

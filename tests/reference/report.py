@@ -55,6 +55,8 @@ def mimi_report(d: Path) -> None:
     g = common.load_npz(d / "golden.npz")
     print(f"Mimi {d.name}: {g['codes_8'].shape[-1]} frames")
     for k in (8, 32):
+        if f"mlx_codes_{k}" not in g:
+            continue
         line = f"  {k:>2} codebooks: moshi_mlx codes agree {100 * (g[f'mlx_codes_{k}'] == g[f'codes_{k}']).mean():.1f}%"
         line += f", decode max abs diff {np.abs(g[f'mlx_decoded_{k}'] - g[f'decoded_{k}']).max():.2e}"
         if f"rusty_codes_{k}" in g:

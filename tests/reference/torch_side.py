@@ -3,7 +3,9 @@
 Run with the reference venv's python (tests/reference/build_envs.sh), never ours:
     python torch_side.py mimi OUT --size tiny|full
     python torch_side.py lm OUT --size tiny|mid
-Writes the checkpoint (published PyTorch key layout) and `torch_golden.npz` into OUT.
+    python torch_side.py e2e OUT --mimi-dir DIR --lm-dir DIR
+Writes the checkpoint (published PyTorch key layout) and `torch_golden.npz` into OUT (e2e: `golden.npz`
+from the reference checkpoints of the two folders).
 """
 
 from __future__ import annotations
@@ -269,18 +271,56 @@ def cmd_lm(out: Path, size: str) -> None:
     common.save_npz(out / "torch_golden.npz", golden)
 
 
+# ------------------------------------------------------------------------------------- end to end
+
+
+def cmd_e2e(out: Path, mimi_dir: Path, lm_dir: Path, frames: int = 30) -> None:
+    """Reference chain on a fixture WAV, fp32: Mimi streaming encode -> LM greedy -> Mimi streaming decode.
+
+    Moshi's frame f is made of codebook k sampled at step f + delay_k; it is decoded in frame order.
+    """
+    import json
+
+    mimi_cfg = json.loads((mimi_dir / "mimi_config.json").read_text())
+    lm_cfg = json.loads((lm_dir / "config.json").read_text())
+    mimi = loaders.get_mimi(mimi_dir / common.MIMI_FILE, mimi_cfg, num_codebooks=32)
+    pcm = common.test_waveform(frames, seed=SEED + 5)
+    user_q = lm_cfg["n_q"] - lm_cfg["dep_q"]
+    codes, _ = mimi_stream(mimi, pcm, user_q)  # [1, 8, F]; the decode half is unused here
+    user = codes[0].T.copy()  # [F, 8]
+    lm = loaders.get_moshi_lm(lm_dir / "model.safetensors", lm_kwargs=lm_cfg, dtype=torch.float32)
+    run = lm_run(lm, user)
+    delays = lm_cfg["delays"][1:1 + lm_cfg["dep_q"]]
+    done = frames - max(delays)
+    moshi = np.stack([[run["audio"][f + d, k] for k, d in enumerate(delays)] for f in range(done)])
+    mimi.set_num_codebooks(lm_cfg["dep_q"])
+    audio = []
+    with torch.no_grad(), mimi.streaming(1):
+        for f in range(done):
+            audio.append(mimi.decode(torch.from_numpy(moshi[f].astype(np.int64))[None, :, None]))
+    reply = torch.cat(audio, dim=-1).numpy().astype(np.float32)
+    common.save_npz(out / "golden.npz", {
+        "pcm": pcm, "user_codes": user.astype(np.int32), "text": run["text"], "audio": run["audio"],
+        "moshi_codes": moshi.astype(np.int32), "reply": reply})
+    common.write_json(out / "sources.json", {"mimi": mimi_dir.name, "lm": lm_dir.name, "frames": frames})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("what", choices=["mimi", "lm"])
+    p.add_argument("what", choices=["mimi", "lm", "e2e"])
     p.add_argument("out", type=Path)
     p.add_argument("--size", default="tiny")
     p.add_argument("--seconds", type=float, default=5.12, help="Mimi golden clip length")
+    p.add_argument("--mimi-dir", type=Path, help="e2e: the Mimi reference folder")
+    p.add_argument("--lm-dir", type=Path, help="e2e: the LM reference folder (card must match Mimi)")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     if a.what == "mimi":
         cmd_mimi(a.out, a.size, a.seconds)
-    else:
+    elif a.what == "lm":
         cmd_lm(a.out, a.size)
+    else:
+        cmd_e2e(a.out, a.mimi_dir, a.lm_dir)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""What every command-line tool shares: model and sampling options, and one-line fatal errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from moshi_mlx.constants import DEFAULT_AUDIO_TEMP, DEFAULT_AUDIO_TOP_K, DEFAULT_TEXT_TEMP, DEFAULT_TEXT_TOP_K
+
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Prints one line to stderr and exits non-zero: the way every user-facing error ends."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def add_model_args(p: argparse.ArgumentParser, default_model: str | None) -> None:
+    p.add_argument("--model", default=default_model,
+                   help="hub repo id (e.g. kyutai/moshiko-mlx-q4) or a local checkpoint folder"
+                   + (f" (default: {default_model})" if default_model else ""))
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
+                   help="LM activation dtype (default: the checkpoint's)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--seed", type=int, default=None, help="makes a run reproducible")
+    g.add_argument("--temp", type=float, default=None,
+                   help="temperature for both text and audio (0 = greedy); overrides the two below")
+    g.add_argument("--text-temp", type=float, default=DEFAULT_TEXT_TEMP)
+    g.add_argument("--audio-temp", type=float, default=DEFAULT_AUDIO_TEMP)
+    g.add_argument("--text-top-k", type=int, default=DEFAULT_TEXT_TOP_K)
+    g.add_argument("--audio-top-k", type=int, default=DEFAULT_AUDIO_TOP_K)
+
+
+def sampling_from_args(a: argparse.Namespace):
+    from moshi_mlx.engine import SamplingParams
+
+    text_temp = a.temp if a.temp is not None else a.text_temp
+    audio_temp = a.temp if a.temp is not None else a.audio_temp
+    for name, v in (("temperature", text_temp), ("temperature", audio_temp)):
+        if v < 0:
+            fail(f"{name} must be >= 0, got {v}")
+    for name, v in (("--text-top-k", a.text_top_k), ("--audio-top-k", a.audio_top_k)):
+        if v < 0:
+            fail(f"{name} must be >= 0, got {v}")
+    return SamplingParams(text_temp, a.text_top_k, audio_temp, a.audio_top_k, a.seed)
+
+
+def dtype_from_args(a: argparse.Namespace):
+    if a.dtype is None:
+        return None
+    import mlx.core as mx
+
+    return {"bf16": mx.bfloat16, "fp32": mx.float32}[a.dtype]
+
+
+def load_model(a: argparse.Namespace, quiet: bool = False):
+    """moshi_mlx.load with the CLI's options; a failure is one line and exit 2."""
+    from moshi_mlx.loading import LoadError, load
+
+    if not quiet:
+        print(f"loading {a.model} ...", file=sys.stderr)
+    try:
+        return load(a.model, revision=a.revision, dtype=dtype_from_args(a))
+    except LoadError as e:
+        fail(str(e))

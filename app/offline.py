@@ -1,0 +1,124 @@
+"""moshi-mlx-offline: talk to Moshi from a WAV file; get its voice, a stereo mix and a timed transcript.
+
+    moshi-mlx-offline question.wav --out reply.wav --stereo both.wav --transcript words.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from app.cli_common import add_model_args, add_sampling_args, fail, load_model, sampling_from_args
+from moshi_mlx.audio import AudioFormatError, read_wav, resample, write_wav
+from moshi_mlx.constants import FRAME_RATE, SAMPLE_RATE
+from moshi_mlx.loading import DEFAULT_REPO
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="moshi-mlx-offline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", type=Path, help="WAV file of the user (any common encoding, rate, channels)")
+    add_model_args(p, DEFAULT_REPO)
+    p.add_argument("--out", type=Path, default=Path("reply.wav"), help="Moshi's voice (default: reply.wav)")
+    p.add_argument("--stereo", type=Path, default=None, help="also write user (left) + Moshi (right)")
+    p.add_argument("--transcript", type=Path, default=None, help="also write the timed words as JSON")
+    p.add_argument("--tail", type=float, default=2.0,
+                   help="seconds of silence after the input so Moshi can finish (default: 2)")
+    add_sampling_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def read_input(path: Path) -> np.ndarray:
+    """Any WAV -> float32 mono 24 kHz."""
+    try:
+        samples, rate = read_wav(path)
+    except AudioFormatError as e:
+        fail(str(e))
+    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+    return resample(mono, rate, SAMPLE_RATE)
+
+
+def write_transcript(path: Path, result, args) -> None:
+    data = {
+        "input": str(args.input),
+        "model": str(args.model),
+        "seed": args.seed,
+        "frame_rate": FRAME_RATE,
+        "text": " ".join(w.text for w in result.words),
+        "words": [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3),
+                   "start_frame": w.start_frame, "end_frame": w.end_frame} for w in result.words],
+    }
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    pcm = read_input(args.input)  # before loading: a bad input fails fast
+    if args.tail < 0:
+        fail(f"--tail must be >= 0, got {args.tail}")
+    sampling = sampling_from_args(args)
+    model = load_model(args, quiet=args.quiet)
+    engine = model.engine(sampling)
+    tail = int(round(args.tail * FRAME_RATE))
+    start = time.perf_counter()
+    if args.quiet:
+        result = engine.run_offline(pcm, tail_frames=tail)
+    else:
+        result = _run_with_progress(engine, pcm, tail)
+    elapsed = time.perf_counter() - start
+    # Outputs appear only now, each written atomically: an interrupted run leaves none half-done.
+    for path in (args.out, args.stereo, args.transcript):
+        if path is not None and path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+    write_wav(args.out, result.reply, SAMPLE_RATE)
+    if args.stereo is not None:
+        write_wav(args.stereo, np.stack([result.user, result.reply], axis=1), SAMPLE_RATE)
+    if args.transcript is not None:
+        write_transcript(args.transcript, result, args)
+    seconds = len(result.user) / SAMPLE_RATE
+    if not args.quiet:
+        print(f"{seconds:.1f} s of conversation in {elapsed:.1f} s "
+              f"(real-time factor {elapsed / seconds:.2f})", file=sys.stderr)
+        print(f"Moshi said: {' '.join(w.text for w in result.words) or '(nothing)'}", file=sys.stderr)
+    for label, path in (("reply", args.out), ("stereo", args.stereo), ("transcript", args.transcript)):
+        if path is not None:
+            print(f"{label}: {path}")
+    return 0
+
+
+def _run_with_progress(engine, pcm, tail):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("[bold]Moshi"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+               TextColumn("{task.fields[fps]:.1f} frames/s, RTF {task.fields[rtf]:.2f}"), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("run", total=None, fps=0.0, rtf=0.0)
+        t0 = time.perf_counter()
+
+        def on_step(t, total, text):
+            dt = max(time.perf_counter() - t0, 1e-9)
+            fps = (t + 1) / dt
+            progress.update(task, completed=t + 1, total=total, fps=fps, rtf=FRAME_RATE / fps)
+
+        return engine.run_offline(pcm, tail_frames=tail, on_step=on_step)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted: no output written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""One entry point for every app: a hub repo id or a local folder in, everything a conversation needs out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import CheckpointError, CheckpointFiles, resolve
+
+DEFAULT_REPO = "kyutai/moshiko-mlx-q4"
+
+
+class LoadError(Exception):
+    """The model could not be loaded; the message is one actionable sentence."""
+
+
+@dataclass
+class LoadedModel:
+    """The LM, the codec, the text tokenizer (or None) and where they came from."""
+
+    lm: object
+    mimi: object
+    tokenizer: object | None
+    files: CheckpointFiles
+
+    def engine(self, sampling=None):
+        from .engine import Engine
+
+        return Engine(self.lm, self.mimi, self.tokenizer, sampling)
+
+
+def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=None) -> LoadedModel:
+    """Loads a Moshi checkpoint, local or from the Hugging Face hub.
+
+    Config comes from the checkpoint's config.json, else the published 7B preset; quantization is read
+    from the tensors. No flag has to match the files.
+
+    Args:
+        model: hub repo id (e.g. `kyutai/moshiko-mlx-q4`), a checkpoint folder, or an LM weights file.
+        revision: hub branch, tag or commit.
+        dtype: LM activation dtype (`mx.float32` for parity runs); None keeps the file's.
+
+    Raises:
+        LoadError: with one sentence saying what is wrong and what to do.
+    """
+    from .lm import load_lm
+    from .mimi import load_mimi
+
+    try:
+        files = resolve(model, revision)
+    except CheckpointError as e:
+        raise LoadError(str(e)) from None
+    try:
+        lm = load_lm(files.lm, dtype=dtype, config=files.config)
+    except (ValueError, OSError) as e:
+        raise LoadError(f"{files.lm}: {_one_line(e)}") from None
+    cfg = lm.config
+    try:
+        mimi = load_mimi(files.mimi, num_codebooks=max(cfg.dep_q, cfg.user_q))
+    except (ValueError, OSError) as e:
+        raise LoadError(f"{files.mimi}: {_one_line(e)}") from None
+    tokenizer = None
+    if files.tokenizer is not None:
+        import sentencepiece
+
+        try:
+            tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(files.tokenizer))
+        except Exception as e:  # sentencepiece raises OSError/RuntimeError variants for bad files
+            raise LoadError(f"{files.tokenizer}: not a sentencepiece model ({_one_line(e)})") from None
+    return LoadedModel(lm, mimi, tokenizer, files)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
