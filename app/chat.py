@@ -132,9 +132,6 @@ def run(a: argparse.Namespace) -> int:
     sampling = sampling_from_args(a)
     model = load_model(a, quiet=a.quiet)
     engine = model.engine(sampling)
-    if not a.quiet:
-        print("warming up ...", file=sys.stderr)
-    engine.warmup()
 
     from app.duplex import DuplexSession
 
@@ -151,24 +148,50 @@ def run(a: argparse.Namespace) -> int:
 
     session = DuplexSession(step, device_rate=rate, block_size=block, max_backlog_frames=a.max_backlog,
                             record=a.record is not None, on_text=on_text)
-    stop = threading.Event()
-    worker = threading.Thread(target=session.run, args=(stop,), name="moshi-inference", daemon=True)
+    stop, ready, go = threading.Event(), threading.Event(), threading.Event()
+
+    def inference() -> None:
+        """All model work happens on this thread, warm-up included (MLX streams belong to a thread)."""
+        import mlx.core as mx
+
+        try:
+            mx.set_default_stream(mx.new_stream(mx.default_device()))
+            engine.reset()
+            engine.warmup()
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            session.error = e
+            stop.set()
+            return
+        finally:
+            ready.set()
+        go.wait()
+        if not stop.is_set():
+            session.run(stop)
+
+    worker = threading.Thread(target=inference, name="moshi-inference", daemon=True)
     started = datetime.now()
     error: str | None = None
     code = 0
     try:
-        try:
-            stream = sd.Stream(samplerate=rate, blocksize=block, device=devices, channels=1, dtype="float32",
-                               callback=session.callback)
-        except (sd.PortAudioError, ValueError) as e:
-            fail(f"cannot open the sound devices ({e}); is another program using them?", EXIT_DEVICE)
-        with stream:
-            worker.start()
-            error = _ui_loop(a, session, stream, stop, transcript, device_info)
+        if not a.quiet:
+            print("warming up ...", file=sys.stderr)
+        worker.start()
+        ready.wait()
+        if session.error is None:
+            try:
+                stream = sd.Stream(samplerate=rate, blocksize=block, device=devices, channels=1,
+                                   dtype="float32", callback=session.callback)
+            except (sd.PortAudioError, ValueError) as e:
+                fail(f"cannot open the sound devices ({e}); is another program using them?", EXIT_DEVICE)
+            with stream:
+                go.set()
+                print(f"listening: {device_info}", file=sys.stderr, flush=True)
+                error = _ui_loop(a, session, stream, stop, transcript, device_info)
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
+        go.set()
         if worker.is_alive():
             worker.join(timeout=10)
         if a.record is not None:
@@ -179,7 +202,8 @@ def run(a: argparse.Namespace) -> int:
         print()
     st = session.stats
     summary = (f"{st.frames_in} frames ({st.frames_in / FRAME_RATE:.1f} s), {st.skipped_frames} skipped, "
-               f"{st.xruns} xruns, {st.speaker_underruns} speaker underruns")
+               f"{st.callbacks} callbacks, {st.xruns} xruns, {st.speaker_underruns} speaker underruns, "
+               f"mean step {st.mean_step_ms:.1f} ms")
     print(summary, file=sys.stderr)
     if session.error is not None:
         print(f"error: the model step failed: {type(session.error).__name__}: {session.error}", file=sys.stderr)

@@ -39,8 +39,13 @@ class DuplexStats:
     output_overflow: int = 0
     silent_input_frames: int = 0  # consecutive all-zero microphone frames (macOS without permission)
     input_level: float = 0.0
-    step_ms: deque = field(default_factory=lambda: deque(maxlen=256))
+    step_ms: deque = field(default_factory=lambda: deque(maxlen=256))  # recent steps, for the view
+    step_ms_total: float = 0.0  # every step, for the session's mean
     backlog_frames: int = 0
+
+    @property
+    def mean_step_ms(self) -> float:
+        return self.step_ms_total / self.frames_in if self.frames_in else 0.0
 
     @property
     def xruns(self) -> int:
@@ -120,7 +125,9 @@ class DuplexSession:
                     continue
                 t0 = self.clock()
                 reply, text = self.step_fn(frame)
-                self.stats.step_ms.append(1000.0 * (self.clock() - t0))
+                ms = 1000.0 * (self.clock() - t0)
+                self.stats.step_ms.append(ms)
+                self.stats.step_ms_total += ms
                 self.stats.frames_in += 1
                 self._queue_reply(np.asarray(reply, dtype=np.float32).reshape(-1))
                 if text and self.on_text is not None:

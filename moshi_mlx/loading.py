@@ -59,6 +59,14 @@ def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=No
         mimi = load_mimi(files.mimi, num_codebooks=max(cfg.dep_q, cfg.user_q))
     except (ValueError, OSError) as e:
         raise LoadError(f"{files.mimi}: {_one_line(e)}") from None
+    # Read every weight now: a damaged file fails here rather than mid-conversation, and arrays left
+    # lazy would belong to this thread's MLX stream, unusable from an inference thread.
+    import mlx.core as mx
+
+    try:
+        mx.eval(lm.parameters(), mimi.parameters())
+    except (RuntimeError, ValueError) as e:
+        raise LoadError(f"{files.lm.parent}: cannot read the weights ({_one_line(e)})") from None
     tokenizer = None
     if files.tokenizer is not None:
         import sentencepiece

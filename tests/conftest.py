@@ -40,3 +40,25 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from tiny_model import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint"))
+
+
+@pytest.fixture(scope="session")
+def virtual_card():
+    """The virtual full-duplex sound card (PulseAudio), started for the session if it is not up."""
+    import subprocess
+    import sys
+
+    from card import CARD
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the virtual sound card is Linux-only")
+    if not CARD.exists():
+        pytest.skip(f"no virtual sound card at {CARD}")
+    if subprocess.run(["which", "pulseaudio"], capture_output=True).returncode != 0:
+        pytest.skip("PulseAudio is not installed: `AUDIO_VENV=none bash ../shared/audio-ci/virtual_soundcard.sh install`")
+    up = subprocess.run(["bash", str(CARD), "status"], capture_output=True).returncode == 0
+    if not up:
+        subprocess.run(["bash", str(CARD), "start"], check=True, capture_output=True)
+    yield CARD
+    if not up:
+        subprocess.run(["bash", str(CARD), "stop"], capture_output=True)
