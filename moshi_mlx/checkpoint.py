@@ -107,7 +107,8 @@ def _resolve_hub(repo: str, revision: str | None) -> CheckpointFiles:
     except ImportError:  # pragma: no cover - a declared dependency
         raise CheckpointError("huggingface-hub is not installed: `pip install huggingface-hub`") from None
 
-    listing = _list_repo(hf, hf_errors, repo, revision)
+    online = _hub_reachable()
+    listing = _list_repo(hf, hf_errors, repo, revision) if online else None
 
     def fetch(name: str, required: bool) -> Path | None:
         if listing is not None and name not in listing:
@@ -115,7 +116,7 @@ def _resolve_hub(repo: str, revision: str | None) -> CheckpointFiles:
                 raise CheckpointError(f"{repo}: the repo has no file {name}")
             return None
         try:
-            return Path(hf.hf_hub_download(repo, name, revision=revision))
+            return Path(hf.hf_hub_download(repo, name, revision=revision, local_files_only=not online))
         except hf_errors.LocalEntryNotFoundError:
             if required:
                 raise CheckpointError(f"{repo}: {name} is not in the local Hugging Face cache and the hub "
@@ -142,21 +143,43 @@ def _resolve_hub(repo: str, revision: str | None) -> CheckpointFiles:
             lm = fetch(name, required=False)
             if lm is not None:
                 break
+        if lm is None and not online:
+            raise CheckpointError(f"{repo} is not downloaded yet and the Hugging Face hub cannot be reached: "
+                                  "connect to the internet once to download it, or pass --model a local "
+                                  "checkpoint folder")
         if lm is None:
-            raise CheckpointError(f"{repo}: no LM weights ({' / '.join(LM_CANDIDATES)}) in the repo or the "
-                                  "local cache; check the repo id, or connect once to download")
+            raise CheckpointError(f"{repo}: no LM weights ({' / '.join(LM_CANDIDATES)}) in the repo; "
+                                  "check the repo id")
     _refuse_pickle(lm)
     mimi = fetch(cfg.get("mimi_name", MIMI_FILE), required=True)
     tokenizer = fetch(cfg.get("tokenizer_name", TEXT_TOKENIZER_FILE), required=False)
     return CheckpointFiles(lm, mimi, tokenizer, config, repo)
 
 
-def _list_repo(hf, hf_errors, repo: str, revision: str | None) -> set[str] | None:
-    """The repo's file names, or None when offline (the cache then decides what exists)."""
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub endpoint.
+
+    Without it, a machine with no network waits minutes while huggingface_hub retries every file with
+    back-off; with it, such a machine goes straight to the local cache.
+    """
+    import socket
+    from urllib.parse import urlparse
+
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
-        return None
+        return False
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _list_repo(hf, hf_errors, repo: str, revision: str | None) -> set[str] | None:
+    """The repo's file names, or None when they cannot be listed (the cache then decides what exists)."""
     try:
         return set(hf.list_repo_files(repo, revision=revision))
     except hf_errors.RepositoryNotFoundError:

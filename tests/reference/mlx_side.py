@@ -60,45 +60,61 @@ def cmd_mimi(d: Path) -> None:
     golden = common.load_npz(d / "torch_golden.npz")
     pcm = golden["pcm"]
     frames = pcm.shape[-1] // common.FRAME
-    # moshi_mlx loads the 32-codebook file only into a 32-codebook model (strict); RVQ is sequential, so
-    # the first K codes of a 32-codebook encode are the K-codebook codes, and decode reads only K layers.
-    mimi = models.mimi.Mimi(mlx_mimi_config(cfg, 32))
-    mimi.load_pytorch_weights(str(d / common.MIMI_FILE), strict=True)
-    codes = []
-    for i in range(frames):
-        c = mimi.encode_step(mx.array(pcm[:, :, i * common.FRAME:(i + 1) * common.FRAME]))
-        codes.append(np.array(c))
-    codes = np.concatenate(codes, axis=-1).astype(np.int32)
     out = {}
-    # moshi_mlx's MLX decode is slow on CPU at the published size: decode only the 8 codebooks Moshi uses.
+    # At the published size moshi_mlx's MLX Mimi takes minutes on a CPU: the full-size run records
+    # rustymimi's codes only (PyTorch is the oracle); the tiny fixture covers moshi_mlx's Mimi.
     published = cfg["seanet"]["n_filters"] == 64
-    for k in ((8,) if published else (8, 32)):
-        mimi.reset_all()
-        audio = [np.array(mimi.decode_step(mx.array(codes[:, :k, i:i + 1]))) for i in range(frames)]
-        out[f"mlx_codes_{k}"] = codes[:, :k]
-        out[f"mlx_decoded_{k}"] = np.concatenate(audio, axis=-1).astype(np.float32)
+    if not published:
+        # moshi_mlx loads the 32-codebook file only into a 32-codebook model (strict); RVQ is sequential, so
+        # the first K codes of a 32-codebook encode are the K-codebook codes, and decode reads K layers.
+        mimi = models.mimi.Mimi(mlx_mimi_config(cfg, 32))
+        mimi.load_pytorch_weights(str(d / common.MIMI_FILE), strict=True)
+        codes = []
+        for i in range(frames):
+            c = mimi.encode_step(mx.array(pcm[:, :, i * common.FRAME:(i + 1) * common.FRAME]))
+            codes.append(np.array(c))
+        codes = np.concatenate(codes, axis=-1).astype(np.int32)
+        for k in (8, 32):
+            mimi.reset_all()
+            audio = [np.array(mimi.decode_step(mx.array(codes[:, :k, i:i + 1]))) for i in range(frames)]
+            out[f"mlx_codes_{k}"] = codes[:, :k]
+            out[f"mlx_decoded_{k}"] = np.concatenate(audio, axis=-1).astype(np.float32)
     try:
         import rustymimi  # published size only: its config is fixed
         if published:
             for k in (8, 32):
                 tok = rustymimi.StreamTokenizer(str(d / common.MIMI_FILE), num_codebooks=k)
                 out[f"rusty_codes_{k}"] = _rusty_encode(tok, pcm, frames)
+            tok = rustymimi.StreamTokenizer(str(d / common.MIMI_FILE), num_codebooks=8)
+            out["rusty_decoded_8"] = _rusty_decode(tok, golden["codes_8"])
     except ImportError:
         pass
     merge_goldens(d, out)
 
 
-def _rusty_encode(tok, pcm: np.ndarray, frames: int) -> np.ndarray:
+def _poll(get):
     import time
+    while True:
+        value = get()
+        if value is not None:
+            return value
+        time.sleep(0.001)
+
+
+def _rusty_decode(tok, codes: np.ndarray) -> np.ndarray:
+    """rustymimi's streaming decode of PyTorch's codes [1, K, F] (it takes one frame as uint32 [1, K])."""
+    audio = []
+    for i in range(codes.shape[-1]):
+        tok.decode(codes[:, :, i].astype(np.uint32))
+        audio.append(_poll(tok.get_decoded))
+    return np.concatenate(audio).astype(np.float32)[None, None]
+
+
+def _rusty_encode(tok, pcm: np.ndarray, frames: int) -> np.ndarray:
     codes = []
     for i in range(frames):
         tok.encode(pcm[0, 0, i * common.FRAME:(i + 1) * common.FRAME].copy())
-        while True:
-            c = tok.get_encoded()
-            if c is not None:
-                codes.append(c)
-                break
-            time.sleep(0.001)
+        codes.append(_poll(tok.get_encoded))
     return np.stack(codes, axis=-1).reshape(1, -1, frames).astype(np.int32)
 
 

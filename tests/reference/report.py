@@ -62,6 +62,9 @@ def mimi_report(d: Path) -> None:
         if f"rusty_codes_{k}" in g:
             line += f"; rustymimi codes agree {100 * (g[f'rusty_codes_{k}'] == g[f'codes_{k}']).mean():.1f}%"
         print(line)
+    if "rusty_decoded_8" in g:
+        print(f"  rustymimi decode of PyTorch's 8-codebook codes: max abs diff "
+              f"{np.abs(g['rusty_decoded_8'] - g['decoded_8']).max():.2e}")
     distinct = [len(np.unique(r)) for r in g["codes_32"][0]]
     print(f"  distinct codes per codebook (32): min {min(distinct)}, max {max(distinct)}")
 
