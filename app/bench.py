@@ -1,0 +1,29 @@
+"""moshi-mlx-bench: speed and memory, ours side by side with Kyutai's moshi_mlx, in one run.
+
+    moshi-mlx-bench lm   [--configs tiny,mid,7b] [--precisions bf16,q8,q4] ...   (app/bench_lm.py)
+    moshi-mlx-bench mimi [--reference-python PY] [--minutes N] ...              (app/bench_mimi.py)
+
+Kyutai's implementation runs in its own environment (`bash tests/reference/build_envs.sh` builds it in
+.ref/); numbers are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("lm", "mimi"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    what, rest = argv[0], argv[1:]
+    if what == "lm":
+        from app.bench_lm import main as run
+    else:
+        from app.bench_mimi import main as run
+    return run(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
