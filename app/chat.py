@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--silence-timeout", type=float, default=6.0,
                    help="stop if the microphone gives exact digital silence this long (default: 6 s)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--stats-log", type=Path, default=None, metavar="CSV",
+                   help="append session statistics (step time, backlog, xruns, memory) every 10 s")
     p.add_argument("--quiet", action="store_true", help="no live view: print Moshi's text only")
     a = p.parse_args(argv)
     if a.model is None:
@@ -218,6 +220,7 @@ def _ui_loop(a, session, stream, stop: threading.Event, transcript: list[str], d
     """Main thread: refresh the view, drain the recording, watch for silence, device loss and time limits."""
     silence_frames = int(a.silence_timeout * FRAME_RATE)
     t0 = time.monotonic()
+    stats_log = StatsLog(a.stats_log, session.stats, t0) if a.stats_log is not None else None
     live = None
     if not a.quiet:
         from rich.live import Live
@@ -242,10 +245,54 @@ def _ui_loop(a, session, stream, stop: threading.Event, transcript: list[str], d
                 return None
             if live is not None:
                 live.update(render("".join(transcript), session.stats, warning, device_info))
+            if stats_log is not None:
+                stats_log.maybe_write()
         return None
     finally:
         if live is not None:
             live.stop()
+        if stats_log is not None:
+            stats_log.maybe_write(force=True)
+
+
+def rss_mb() -> float:
+    """Resident memory now (Linux), else the peak so far (macOS reports no current value cheaply)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+class StatsLog:
+    """CSV lines every 10 s: for soak runs and for diagnosing a machine that cannot keep up."""
+
+    PERIOD_S = 10.0
+    HEADER = "elapsed_s,frames,skipped,xruns,speaker_underruns,step_ms_recent,step_ms_mean,backlog,rss_mb\n"
+
+    def __init__(self, path: Path, stats, t0: float):
+        self.path, self.stats, self.t0 = path, stats, t0
+        self.next = t0 + self.PERIOD_S
+        if not path.exists():
+            path.write_text(self.HEADER)
+
+    def maybe_write(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self.next:
+            return
+        self.next = now + self.PERIOD_S
+        st = self.stats
+        recent = list(st.step_ms)[-125:]
+        recent_ms = sum(recent) / len(recent) if recent else 0.0
+        with self.path.open("a") as f:
+            f.write(f"{now - self.t0:.1f},{st.frames_in},{st.skipped_frames},{st.xruns},{st.speaker_underruns},"
+                    f"{recent_ms:.2f},{st.mean_step_ms:.2f},{st.backlog_frames},{rss_mb():.1f}\n")
 
 
 def main(argv=None) -> int:

@@ -41,8 +41,8 @@ def test_published_mimi_streams_like_pytorch_past_the_context():
     codes = np.concatenate(codes, axis=-1)
     np.testing.assert_array_equal(codes[:, :8], g["codes_8"])
     np.testing.assert_array_equal(codes, g["codes_32"])
-    if "rusty_codes_8" in g:  # the Rust reference agrees with PyTorch too (a check of the oracle)
-        np.testing.assert_array_equal(g["rusty_codes_8"], g["codes_8"])
+    # (rustymimi agrees with PyTorch inside the window only: its decode parts after 250 steps and a few
+    # codes after frame 270; tests/reference/report.py prints it. PyTorch is the oracle.)
 
 
 def test_published_mimi_decodes_like_pytorch():

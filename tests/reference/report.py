@@ -55,13 +55,14 @@ def mimi_report(d: Path) -> None:
     g = common.load_npz(d / "golden.npz")
     print(f"Mimi {d.name}: {g['codes_8'].shape[-1]} frames")
     for k in (8, 32):
-        if f"mlx_codes_{k}" not in g:
-            continue
-        line = f"  {k:>2} codebooks: moshi_mlx codes agree {100 * (g[f'mlx_codes_{k}'] == g[f'codes_{k}']).mean():.1f}%"
-        line += f", decode max abs diff {np.abs(g[f'mlx_decoded_{k}'] - g[f'decoded_{k}']).max():.2e}"
+        parts = []
+        if f"mlx_codes_{k}" in g:
+            parts.append(f"moshi_mlx codes agree {100 * (g[f'mlx_codes_{k}'] == g[f'codes_{k}']).mean():.1f}%, "
+                         f"decode max abs diff {np.abs(g[f'mlx_decoded_{k}'] - g[f'decoded_{k}']).max():.2e}")
         if f"rusty_codes_{k}" in g:
-            line += f"; rustymimi codes agree {100 * (g[f'rusty_codes_{k}'] == g[f'codes_{k}']).mean():.1f}%"
-        print(line)
+            parts.append(f"rustymimi codes agree {100 * (g[f'rusty_codes_{k}'] == g[f'codes_{k}']).mean():.1f}%")
+        if parts:
+            print(f"  {k:>2} codebooks vs PyTorch: " + "; ".join(parts))
     if "rusty_decoded_8" in g:
         print(f"  rustymimi decode of PyTorch's 8-codebook codes: max abs diff "
               f"{np.abs(g['rusty_decoded_8'] - g['decoded_8']).max():.2e}")

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Soak test (not in CI): moshi-mlx-chat on the virtual sound card for MINUTES (default 30) with a tiny
+# random model, speech-like audio injected into the microphone in a loop; the chat appends its statistics
+# every 10 s to a CSV; the summary compares the first and last minutes (memory must stay flat, step time
+# must not grow).
+#   bash tests/soak_chat.sh [MINUTES] [OUT_DIR]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+minutes=${1:-30}
+out=${2:-$root/bench-out/soak}
+CARD=${AUDIO_CI_CARD:-$root/../shared/audio-ci/virtual_soundcard.sh}
+mkdir -p "$out"
+cd "$root"
+bash "$CARD" start >/dev/null
+.venv/bin/python - "$out" <<'PY'
+import sys, pathlib
+sys.path.insert(0, "tests")
+import numpy as np
+from tiny_model import build_tiny_checkpoint
+from moshi_mlx.audio import write_wav
+out = pathlib.Path(sys.argv[1])
+if not (out / "model" / "model.safetensors").exists():
+    build_tiny_checkpoint(out / "model")
+t = np.arange(24000 * 20) / 24000
+f = 150 + 100 * np.sin(2 * np.pi * 0.7 * t)
+x = 0.4 * np.sin(2 * np.pi * np.cumsum(f) / 24000) * (0.6 + 0.4 * np.sin(2 * np.pi * 2.5 * t))
+write_wav(out / "speech.wav", x, 24000)
+PY
+rm -f "$out/stats.csv"
+( while true; do paplay -d mic_inject "$out/speech.wav"; sleep 1; done ) &
+feeder=$!
+trap 'kill $feeder 2>/dev/null || true' EXIT
+.venv/bin/python -m app.chat --model "$out/model" --quiet --seed 1 --silence-timeout 0 \
+  --duration "$((minutes * 60))" --stats-log "$out/stats.csv" > "$out/chat.out" 2> "$out/chat.err"
+kill $feeder 2>/dev/null || true
+tail -n 1 "$out/chat.err"
+.venv/bin/python - "$out/stats.csv" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+def window(rs):
+    return (sum(float(r["rss_mb"]) for r in rs) / len(rs), sum(float(r["step_ms_recent"]) for r in rs) / len(rs))
+first, last = rows[1:7], rows[-6:]
+(rss0, ms0), (rss1, ms1) = window(first), window(last)
+print(f"{len(rows)} samples over {float(rows[-1]['elapsed_s']) / 60:.1f} min")
+print(f"first minute: rss {rss0:.1f} MB, step {ms0:.1f} ms;  last minute: rss {rss1:.1f} MB, step {ms1:.1f} ms")
+print(f"rss growth {rss1 - rss0:+.1f} MB, step time change {ms1 - ms0:+.1f} ms; "
+      f"skipped {rows[-1]['skipped']}, xruns {rows[-1]['xruns']}, underruns {rows[-1]['speaker_underruns']}")
+PY
