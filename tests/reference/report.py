@@ -27,6 +27,8 @@ def lm_report(d: Path) -> None:
     print(f"LM {d.name}: {ref_t.shape[0]} greedy steps; free-running vs torch_fp32")
     print(f"  {'run':<12} {'text agree':>10} {'audio agree':>11}  first divergence")
     for run in ("torch_bf16", "mlx_fp32", "mlx_bf16", "mlx_q8", "mlx_q4"):
+        if f"{run}.text" not in g:
+            continue
         t, a = g[f"{run}.text"], g[f"{run}.audio"]
         print(f"  {run:<12} {100 * (t == ref_t).mean():9.1f}% {100 * (a == ref_a).mean():10.1f}%  "
               f"{first_divergence(np.c_[t, a], np.c_[ref_t, ref_a])}")
@@ -41,6 +43,8 @@ def lm_report(d: Path) -> None:
                                           "mlx_q8_f32", "mlx_q4_f32")]
     pairs += [("mlx_q8", "mlx_bf16"), ("mlx_q4", "mlx_bf16"), ("mlx_bf16", "torch_bf16")]
     for run, base in pairs:
+        if f"tf.{run}.text_logits" not in g or (base != "torch_fp32" and f"tf.{base}.text_logits" not in g):
+            continue
         parts = []
         for kind in ("text", "audio"):
             x = g[f"tf.{run}.{kind}_logits"].astype(np.float32)
@@ -75,7 +79,7 @@ def main() -> None:
     for d in sorted(root.iterdir()):
         if (d / "golden.npz").exists() and (d / "config.json").exists():
             lm_report(d)
-        elif (d / "golden.npz").exists():
+        elif (d / "golden.npz").exists() and (d / "mimi_config.json").exists():
             mimi_report(d)
 
 
