@@ -1,0 +1,241 @@
+"""Benchmark of one full LM step (temporal transformer + every depformer codebook, greedy): ours vs moshi_mlx.
+
+Kyutai's moshi_mlx runs in a subprocess with the reference interpreter (`--ref-python`, default
+`.ref/mlx/bin/python`), on the same checkpoint file and precision. Random checkpoints in Kyutai's MLX
+layout (bf16, q8 = 8 bits group 64, q4 = 4 bits group 32, every Linear and Embedding) are written once to
+`--out` (default `bench-out/`, git-ignored).
+
+    python -m app.bench_lm --configs tiny,mid --precisions bf16,q8,q4 --steps 100
+
+Per run it prints median and p90 ms/step, our/their ratio, peak RSS of the worker process, host syncs per
+step (calls that wait for the device: `mx.eval`, `.item()`, `.tolist()`, `bool()`, `np.array`/`np.asarray`
+of an mx array, counted by wrapping them during the timed steps) and, for ours, the primitives in one
+step's graph (from `mx.export_to_dot`). Each side runs `--rounds` times, alternating, and the round with
+the best median is kept; the median CPU time per step (all threads of the worker) is printed too, as it
+depends less on the machine's other load than wall time does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_REF_PYTHON = REPO / ".ref" / "mlx" / "bin" / "python"
+PRECISIONS = {"bf16": ("model.safetensors", None), "q8": ("model.q8.safetensors", (8, 64)),
+              "q4": ("model.q4.safetensors", (4, 32))}
+_SEVEN_B_DELAYS = [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
+_COMMON = {"n_q": 16, "dep_q": 8, "hidden_scale": 4.125, "max_period": 10000, "delays": _SEVEN_B_DELAYS,
+           "causal": True, "layer_scale": None, "gating": "silu", "norm": "rms_norm_f32",
+           "positional_embedding": "rope", "depformer_multi_linear": True, "depformer_weights_per_step": True,
+           "depformer_pos_emb": "none", "depformer_context": 8, "depformer_max_period": 10000,
+           "existing_text_padding_id": 3}
+CONFIGS = {
+    # Every input width is a multiple of 64 so that q8 (group 64) applies to every layer; moshi_mlx reads
+    # the temporal feed-forward as 4.125 * dim whatever hidden_scale says, hence dim 256 (hidden 704).
+    "tiny": dict(_COMMON, dim=256, text_card=100, card=32, num_heads=4, num_layers=2, context=3000,
+                 depformer_dim=64, depformer_dim_feedforward=288, depformer_num_heads=4,
+                 depformer_num_layers=2),
+    # 1024-wide temporal transformer, 7B-shaped depformer with fewer layers, real vocabularies.
+    "mid": dict(_COMMON, dim=1024, text_card=32000, card=2048, num_heads=16, num_layers=8, context=3000,
+                depformer_dim=1024, depformer_dim_feedforward=4224, depformer_num_heads=16,
+                depformer_num_layers=2),
+}
+
+
+def _make_checkpoints(name: str, folder: Path) -> None:
+    """Writes config.json and random bf16/q8/q4 checkpoints in Kyutai's MLX layout (once)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from mlx.utils import tree_flatten
+
+    from moshi_mlx.lm import Lm, LmConfig
+    from moshi_mlx.lm.weights import to_kyutai_mlx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(CONFIGS[name], indent=1))
+    cfg = LmConfig.from_dict(CONFIGS[name])
+    for precision, (file, quant) in PRECISIONS.items():
+        if (folder / file).exists():
+            continue
+        mx.random.seed(0)
+        model = Lm(cfg)
+        model.set_dtype(mx.bfloat16)  # norms too, like Kyutai's published files
+        if quant is not None:
+            nn.quantize(model, bits=quant[0], group_size=quant[1])
+        weights = to_kyutai_mlx(dict(tree_flatten(model.parameters())), cfg)
+        mx.save_safetensors(str(folder / file), weights)
+        print(f"wrote {folder / file}", flush=True)
+
+
+def _sync_counter():
+    """Wraps the calls that wait for the device; returns a dict whose "n" counts them."""
+    import mlx.core as mx
+    import numpy as np
+
+    count = {"n": 0}
+
+    def wrap(owner, attr, only_mx_arg=False):
+        orig = getattr(owner, attr)
+
+        def wrapper(*args, **kwargs):
+            if not only_mx_arg or (args and isinstance(args[0], mx.array)):
+                count["n"] += 1
+            return orig(*args, **kwargs)
+
+        setattr(owner, attr, wrapper)
+
+    wrap(mx, "eval")
+    for attr in ("item", "tolist", "__bool__"):
+        wrap(mx.array, attr)
+    wrap(np, "array", only_mx_arg=True)
+    wrap(np, "asarray", only_mx_arg=True)
+    return count
+
+
+def _user_codes(steps: int, card: int, seed: int = 1):
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, card, size=(steps, 8)).astype(np.int32)
+
+
+def worker_ours(file: str, config: str, steps: int, warmup: int) -> dict:
+    sys.path.insert(0, str(REPO))
+    from moshi_mlx.lm import load_lm
+
+    model = load_lm(file, config=config)
+    gen = model.generator(text_temp=0, audio_temp=0, seed=0)
+    codes = _user_codes(steps + warmup, model.config.card)
+    times, syncs = [], None
+    for t in range(steps + warmup):
+        if t == warmup:
+            syncs = _sync_counter()
+        start, cpu = time.perf_counter(), time.process_time()
+        text, frame = gen.step(codes[t][None])
+        times.append((time.perf_counter() - start, time.process_time() - cpu))
+    return {"times": times[warmup:], "syncs": syncs["n"] / steps, "graph_ops": _graph_ops(gen)}
+
+
+def _graph_ops(gen) -> int:
+    """Primitives in one step's graph (input assembly + compiled step), counted from its DOT export."""
+    import tempfile
+
+    import mlx.core as mx
+
+    n = gen.step_index
+    cache = gen.cache
+    outputs = gen._step_compiled(gen._inputs(n), [c.keys for c in cache], [c.values for c in cache],
+                                 mx.array(n, dtype=mx.int32), gen._key, cache[0].capacity)
+    with tempfile.NamedTemporaryFile("r", suffix=".dot") as f:
+        mx.export_to_dot(f.name, *outputs)
+        return f.read().count("shape=rectangle")
+
+
+def worker_theirs(file: str, config: str, steps: int, warmup: int, quant: list | None) -> dict:
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+    from moshi_mlx import models, utils
+
+    cfg = models.LmConfig.from_config_dict(json.loads(Path(config).read_text()))
+    model = models.Lm(cfg)
+    model.set_dtype(mx.bfloat16)
+    if quant is not None:
+        nn.quantize(model, bits=quant[0], group_size=quant[1])
+    model.load_weights(file, strict=True)
+    gen = models.LmGen(model=model, max_steps=steps + warmup + 5, text_sampler=utils.Sampler(temp=0.0),
+                       audio_sampler=utils.Sampler(temp=0.0), check=False)
+    codes = mx.array(_user_codes(steps + warmup, cfg.audio_vocab_size - 1))
+    times, syncs = [], None
+    for t in range(steps + warmup):
+        if t == warmup:
+            syncs = _sync_counter()
+        start, cpu = time.perf_counter(), time.process_time()
+        text = gen.step(codes[t][None])  # their local.py loop: step, read the text token and the frame
+        text = text[0].item()
+        frame = gen.last_audio_tokens()
+        if frame is not None:
+            frame = np.array(frame)
+        times.append((time.perf_counter() - start, time.process_time() - cpu))
+    return {"times": times[warmup:], "syncs": syncs["n"] / steps}
+
+
+def _run_worker(python: str, args: list[str]) -> dict:
+    cmd = [python, str(Path(__file__).resolve()), "--worker", *args]
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/")
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _stats(times: list[list[float]]) -> tuple[float, float, float]:
+    """Median and p90 wall ms, median CPU ms."""
+    wall = sorted(1000 * t[0] for t in times)
+    cpu = sorted(1000 * t[1] for t in times)
+    return wall[len(wall) // 2], wall[min(len(wall) - 1, int(0.9 * len(wall)))], cpu[len(cpu) // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", default="tiny,mid")
+    parser.add_argument("--precisions", default="bf16,q8,q4")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=REPO / "bench-out")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per side; best median kept")
+    parser.add_argument("--ref-python", default=str(DEFAULT_REF_PYTHON))
+    parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker is not None:
+        who, file, config, steps, warmup, quant = args.worker
+        quant = json.loads(quant)
+        if who == "ours":
+            result = worker_ours(file, config, int(steps), int(warmup))
+        else:
+            result = worker_theirs(file, config, int(steps), int(warmup), quant)
+        # ru_maxrss is KiB on Linux, bytes on macOS.
+        scale = 1 if sys.platform == "darwin" else 1024
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+        print(json.dumps(result))
+        return 0
+
+    sys.path.insert(0, str(REPO))
+    print(f"{'config':6} {'prec':5} {'who':9} {'median ms':>9} {'p90 ms':>8} {'ratio':>6} {'cpu ms':>8} "
+          f"{'ratio':>6} {'rss MB':>8} {'syncs':>6} {'ops':>6}")
+    for name in args.configs.split(","):
+        folder = args.out / f"lm_{name}"
+        _make_checkpoints(name, folder)
+        for precision in args.precisions.split(","):
+            file, quant = PRECISIONS[precision]
+            common = [str(folder / file), str(folder / "config.json"), str(args.steps), str(args.warmup),
+                      json.dumps(quant)]
+            ours, theirs = [], []
+            for _ in range(args.rounds):
+                ours.append(_run_worker(sys.executable, ["ours", *common]))
+                theirs.append(_run_worker(args.ref_python, ["theirs", *common]))
+            ours = min(ours, key=lambda r: _stats(r["times"])[0])
+            theirs = min(theirs, key=lambda r: _stats(r["times"])[0])
+            ours_med, ours_p90, ours_cpu = _stats(ours["times"])
+            their_med, their_p90, their_cpu = _stats(theirs["times"])
+            rows = (("ours", ours, ours_med, ours_p90, ours_cpu, f"{ours_med / their_med:.2f}",
+                     f"{ours_cpu / their_cpu:.2f}"),
+                    ("moshi_mlx", theirs, their_med, their_p90, their_cpu, "", ""))
+            for who, res, med, p90, cpu, ratio, cpu_ratio in rows:
+                ops = res.get("graph_ops", "n/a")
+                print(f"{name:6} {precision:5} {who:9} {med:9.2f} {p90:8.2f} {ratio:>6} {cpu:8.2f} {cpu_ratio:>6} "
+                      f"{res['peak_rss_mb']:8.0f} {res['syncs']:6.1f} {ops:>6}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The Moshi LM: stream embeddings, temporal transformer, text head and depformer.
+
+Parameter names follow Kyutai's MLX checkpoints (`kyutai/moshiko-mlx-*`) except for two fused tables that
+`weights.sanitize` builds: `emb` stacks the 1 + n_q input embeddings (text, then every audio stream) so one
+gather embeds a step, and `depformer.linear_in` stacks the dep_q projections of the temporal output so one
+matmul feeds every codebook.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .cache import KVCache, make_kv_caches
+from .config import LmConfig
+from .depformer import Depformer, Sampler
+from .generate import Generator
+from .transformer import RMSNorm, Transformer, embed
+
+
+def input_vocab_sizes(config: LmConfig) -> list[int]:
+    """Rows of each input embedding, in stream order (text, then the n_q audio streams)."""
+    return [config.text_card + 1] + [config.card + 1] * config.n_q
+
+
+class Lm(nn.Module):
+    """Moshi's LM (temporal transformer + depth transformer).
+
+    Streaming state lives outside: `make_cache()` builds the temporal transformer's KV caches, and
+    `moshi_mlx.lm.generate.Generator` (from `generator()`) handles delays and sampling.
+
+    Args:
+        config: The architecture.
+    """
+
+    def __init__(self, config: LmConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.emb = nn.Embedding(sum(input_vocab_sizes(c)), c.dim)
+        offsets = [0]
+        for size in input_vocab_sizes(c)[:-1]:
+            offsets.append(offsets[-1] + size)
+        self._emb_offsets = mx.array(offsets, dtype=mx.int32)
+        self.transformer = Transformer(c.dim, c.num_heads, c.num_layers, c.hidden, c.max_period, c.context)
+        self.out_norm = RMSNorm(c.dim)
+        self.text_linear = nn.Linear(c.dim, c.text_card, bias=False)
+        self.depformer = Depformer(c.dep_q, c.text_card, c.card, c.dim, c.depformer_dim, c.depformer_num_heads,
+                                   c.depformer_num_layers, c.depformer_hidden)
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        """Activation dtype: the dtype of the float tensors of the text head (its scales when quantized)."""
+        head = self.text_linear
+        return head.scales.dtype if isinstance(head, nn.QuantizedLinear) else head.weight.dtype
+
+    def make_cache(self, batch_size: int = 1) -> list[KVCache]:
+        """Preallocated sliding-window KV caches of the temporal transformer (one per layer)."""
+        c = self.config
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return make_kv_caches(c.num_layers, batch_size, c.num_heads, c.head_dim, c.context, self.dtype)
+
+    def embed_inputs(self, tokens: mx.array) -> mx.array:
+        """Sums the stream embeddings of `tokens` `[B, 1 + n_q, T]` (text first) into `[B, T, dim]`."""
+        rows = embed(self.emb, tokens, self._emb_offsets[None, :, None])
+        return rows.sum(axis=1)
+
+    def forward_temporal(self, tokens: mx.array, cache: list[KVCache] | None = None
+                         ) -> tuple[mx.array, mx.array]:
+        """Temporal transformer on inputs `[B, 1 + n_q, T]`.
+
+        Args:
+            tokens: Input tokens of every stream (already delayed), text first.
+            cache: KV caches from `make_cache()`; the T positions follow those already cached. None runs
+                the whole sequence with the causal window mask.
+
+        Returns:
+            `(h [B, T, dim], text_logits [B, T, text_card])`, `h` after `out_norm` (the depformer's input).
+        """
+        c = self.config
+        if tokens.ndim != 3 or tokens.shape[1] != 1 + c.n_q:
+            raise ValueError(f"tokens must be [B, {1 + c.n_q}, T], got {list(tokens.shape)}")
+        h = self.out_norm(self.transformer(self.embed_inputs(tokens), cache))
+        return h, self.text_linear(h)
+
+    def temporal_step(self, tokens: mx.array, keys: list[mx.array], values: list[mx.array], offset: mx.array,
+                      visible: int) -> tuple[mx.array, mx.array, list[mx.array], list[mx.array]]:
+        """One step of the temporal transformer as a pure function of its inputs (compilable).
+
+        Args:
+            tokens: Inputs of this step `[B, 1 + n_q]`, text first, already delayed.
+            keys: Per-layer ring caches (`KVCache.keys`); `values` likewise.
+            offset: Position of this step, int32 scalar array.
+            visible: Static count of leading ring slots to attend over (>= every written slot).
+
+        Returns:
+            `(h [B, 1, dim], text_logits [B, 1, text_card], keys, values)`.
+        """
+        x = self.embed_inputs(tokens[:, :, None])
+        x, keys, values = self.transformer.step(x, keys, values, offset, visible)
+        h = self.out_norm(x)
+        return h, self.text_linear(h), keys, values
+
+    def forward_depformer(self, h: mx.array, text_token: mx.array, *, sampler: Sampler | None = None,
+                          key: mx.array | None = None, forced: mx.array | None = None
+                          ) -> tuple[mx.array, mx.array]:
+        """One frame of Moshi's codebooks from `h` `[B, 1, dim]` (see `Depformer.__call__`)."""
+        return self.depformer(h, text_token, sampler=sampler, key=key, forced=forced)
+
+    def __call__(self, tokens: mx.array, step_tokens: mx.array) -> tuple[mx.array, mx.array]:
+        """Full-sequence forward with teacher forcing (no cache), for tests and scoring.
+
+        Args:
+            tokens: Temporal inputs `[B, 1 + n_q, T]` (delayed as in generation).
+            step_tokens: Tokens produced at each step, `[B, T, 1 + dep_q]` (text, then Moshi's codebooks):
+                the depformer's inputs.
+
+        Returns:
+            `(text_logits [B, T, text_card], audio_logits [B, T, dep_q, card])`.
+        """
+        h, text_logits = self.forward_temporal(tokens)
+        b, t, _ = h.shape
+        flat_h = h.reshape(b * t, 1, -1)
+        flat = step_tokens.reshape(b * t, -1)
+        _, audio_logits = self.depformer(flat_h, flat[:, 0], forced=flat[:, 1:])
+        return text_logits, audio_logits.reshape(b, t, *audio_logits.shape[1:])
+
+    def generator(self, **kwargs) -> Generator:
+        """A streaming generator for this model; keyword arguments as `Generator`'s."""
+        return Generator(self, **kwargs)
