@@ -2,6 +2,7 @@
 
     moshi-mlx-bench lm   [--configs tiny,mid,7b] [--precisions bf16,q8,q4] ...   (app/bench_lm.py)
     moshi-mlx-bench mimi [--reference-python PY] [--minutes N] ...              (app/bench_mimi.py)
+    moshi-mlx-bench offline --checkpoint DIR [--seconds N]                       (app/bench_offline.py)
 
 Kyutai's implementation runs in its own environment (`bash tests/reference/build_envs.sh` builds it in
 .ref/); numbers are printed, never asserted.
@@ -14,14 +15,16 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("lm", "mimi"):
+    if not argv or argv[0] not in ("lm", "mimi", "offline"):
         print(__doc__, file=sys.stderr)
         return 2
     what, rest = argv[0], argv[1:]
     if what == "lm":
         from app.bench_lm import main as run
-    else:
+    elif what == "mimi":
         from app.bench_mimi import main as run
+    else:
+        from app.bench_offline import main as run
     return run(rest)
 
 

@@ -102,7 +102,8 @@ class Engine:
             frame_codes = None
         else:
             frame_codes = moshi[0]
-            out = self.mimi.decode_step(mx.array(moshi[:, :, None]), self.decode_state)
+            # The LM only samples codes in range: skip the codec's range check and its host sync.
+            out = self.mimi.decode_step(mx.array(moshi[:, :, None]), self.decode_state, check_range=False)
             pcm = np.array(out[0, 0], dtype=np.float32)
         self.frame += 1
         return StepResult(pcm, shown, token, frame_codes)

@@ -1,0 +1,145 @@
+"""Offline chain speed: our `moshi-mlx-offline` path vs the same chain built from Kyutai's pieces.
+
+Ours: `moshi_mlx.load` + `Engine.run_offline` (batched Mimi encode, LM steps, batched decode).
+Kyutai's, in its own environment (`--ref-python`, default `.ref/mlx/bin/python`): rustymimi's streaming
+encoder, moshi_mlx's `Lm` + `LmGen`, rustymimi's streaming decoder, one frame at a time, as its
+`moshi_mlx.local` does. Both run on the same files (a checkpoint folder with Kyutai's MLX-layout LM file,
+its config.json and the published-size Mimi) and the same input, with the default sampling.
+
+    python -m app.bench_offline --checkpoint DIR --seconds 10
+Prints wall time, real-time factor (wall / audio seconds; < 1 is faster than real time), our/their ratio,
+and each process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_REF_PYTHON = REPO / ".ref" / "mlx" / "bin" / "python"
+FRAME, RATE = 1920, 24000
+QUANT = {"model.q8.safetensors": (8, 64), "model.q4.safetensors": (4, 32)}
+
+
+def test_signal(seconds: float):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * RATE)) / RATE
+    f = 150 + 100 * np.sin(2 * np.pi * 0.7 * t)
+    x = 0.4 * np.sin(2 * np.pi * np.cumsum(f) / RATE) * (0.6 + 0.4 * np.sin(2 * np.pi * 2.5 * t))
+    return (x + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def run_ours(folder: Path, seconds: float) -> dict:
+    from moshi_mlx.engine import SamplingParams
+    from moshi_mlx.loading import load
+
+    model = load(folder)
+    engine = model.engine(SamplingParams(seed=0))
+    engine.run_offline(test_signal(1.0))  # warm-up: compile, first allocations
+    pcm = test_signal(seconds)
+    t0 = time.perf_counter()
+    engine.run_offline(pcm)
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "audio_s": len(pcm) / RATE, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_kyutai(folder: Path, seconds: float) -> dict:
+    """Runs inside Kyutai's environment (moshi_mlx 0.3.0, rustymimi)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+    import rustymimi
+    from moshi_mlx import models
+    from moshi_mlx.models.generate import LmGen
+    from moshi_mlx.utils import sampling
+
+    lm_file = next(folder / n for n in ("model.q4.safetensors", "model.q8.safetensors", "model.safetensors")
+                   if (folder / n).exists())
+    cfg = models.LmConfig.from_config_dict(json.loads((folder / "config.json").read_text()))
+    model = models.Lm(cfg)
+    model.set_dtype(mx.bfloat16)
+    if lm_file.name in QUANT:
+        bits, group = QUANT[lm_file.name]
+        nn.quantize(model, bits=bits, group_size=group)
+    model.load_weights(str(lm_file), strict=True)
+    model.warmup()
+    mimi = next(folder.glob("tokenizer-*.safetensors"))
+
+    def poll(get):
+        while True:
+            v = get()
+            if v is not None:
+                return v
+            time.sleep(0.0005)
+
+    def chain(pcm):
+        tok = rustymimi.StreamTokenizer(str(mimi))
+        frames = len(pcm) // FRAME
+        gen = LmGen(model, max_steps=frames + 4, text_sampler=sampling.Sampler(temp=0.7, top_k=25),
+                    audio_sampler=sampling.Sampler(temp=0.8, top_k=250))
+        for c in model.transformer_cache:
+            c.reset()
+        for i in range(frames):
+            tok.encode(pcm[i * FRAME:(i + 1) * FRAME])
+            codes = poll(tok.get_encoded)
+            gen.step(mx.array(codes)[:, :, 0])
+            audio = gen.last_audio_tokens()
+            if audio is not None:
+                tok.decode(np.array(audio).astype(np.uint32))
+                poll(tok.get_decoded)
+
+    chain(test_signal(1.0))
+    pcm = test_signal(seconds)
+    t0 = time.perf_counter()
+    chain(pcm)
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "audio_s": len(pcm) // FRAME * FRAME / RATE, "peak_rss_mb": peak_rss_mb()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="folder: Kyutai-MLX-layout LM file, config.json, published-size Mimi file")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--ref-python", default=str(DEFAULT_REF_PYTHON))
+    p.add_argument("--worker", choices=["ours", "kyutai"], help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    a.checkpoint = a.checkpoint.resolve()  # Kyutai's side runs from /
+    if a.worker:
+        result = (run_ours if a.worker == "ours" else run_kyutai)(a.checkpoint, a.seconds)
+        print(json.dumps(result))
+        return 0
+    rows = {}
+    for side, python in (("ours", sys.executable), ("kyutai", a.ref_python)):
+        cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--checkpoint", str(a.checkpoint),
+               "--seconds", str(a.seconds)]
+        # Kyutai's side runs from / so that this checkout's moshi_mlx cannot shadow theirs.
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd="/" if side == "kyutai" else REPO,
+                           env=None)
+        if r.returncode != 0:
+            print(f"{side} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        rows[side] = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"checkpoint {a.checkpoint}, {a.seconds:.0f} s of input")
+    print(f"{'':8} {'wall s':>8} {'RTF':>7} {'peak RSS MB':>12}")
+    for side, r in rows.items():
+        print(f"{side:8} {r['wall_s']:8.2f} {r['wall_s'] / r['audio_s']:7.3f} {r['peak_rss_mb']:12.0f}")
+    print(f"ours / kyutai wall time: {rows['ours']['wall_s'] / rows['kyutai']['wall_s']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
