@@ -95,7 +95,7 @@ def run_kyutai(folder: Path, seconds: float) -> dict:
         for i in range(frames):
             tok.encode(pcm[i * FRAME:(i + 1) * FRAME])
             codes = poll(tok.get_encoded)
-            gen.step(mx.array(codes)[:, :, 0])
+            gen.step(mx.array(np.asarray(codes).reshape(1, -1)))  # rustymimi gives one frame of codes
             audio = gen.last_audio_tokens()
             if audio is not None:
                 tok.decode(np.array(audio).astype(np.uint32))
