@@ -92,6 +92,6 @@ def test_hub_cache_offline_missing_file_is_one_line(tmp_path):
     r = resolve_offline(cache, "kyutai/moshiko-mlx-q8")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0
-    assert MIMI_FILE in r.stderr and "connect once" in r.stderr
+    assert MIMI_FILE in r.stderr and "connect to the internet once" in r.stderr
     r = resolve_offline(cache, "kyutai/not-downloaded")
     assert r.returncode == 2 and "not downloaded yet" in r.stderr

@@ -195,8 +195,8 @@ def corrupt(tmp_path: Path, how: str) -> Path:
 # Stands in for a reachable hub answering 404 (the tests stay offline).
 _HUB_404 = """
 import types, huggingface_hub as hub
-import convert.source
-convert.source._hub_reachable = lambda endpoint: True
+import moshi_mlx.checkpoint
+moshi_mlx.checkpoint._hub_reachable = lambda: True
 from huggingface_hub.errors import RepositoryNotFoundError
 def not_found(*args, **kwargs):
     raise RepositoryNotFoundError("404", response=types.SimpleNamespace(headers={}, request=None))
