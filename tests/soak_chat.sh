@@ -27,12 +27,16 @@ x = 0.4 * np.sin(2 * np.pi * np.cumsum(f) / 24000) * (0.6 + 0.4 * np.sin(2 * np.
 write_wav(out / "speech.wav", x, 24000)
 PY
 rm -f "$out/stats.csv"
-( while true; do paplay -d mic_inject "$out/speech.wav"; sleep 1; done ) &
+# The feeder loops while its flag file exists; the trap removes it and ends the player it may be waiting on
+# (a signal alone can leave the loop running, still talking into the microphone of later tests).
+touch "$out/feeding"
+( while [ -e "$out/feeding" ]; do paplay -d mic_inject "$out/speech.wav"; sleep 1; done ) &
 feeder=$!
-trap 'kill $feeder 2>/dev/null || true' EXIT
+stop_feeder() { rm -f "$out/feeding"; pkill -P "$feeder" 2>/dev/null || true; kill "$feeder" 2>/dev/null || true; }
+trap stop_feeder EXIT
 .venv/bin/python -m app.chat --model "$out/model" --quiet --seed 1 --silence-timeout 0 \
   --duration "$((minutes * 60))" --stats-log "$out/stats.csv" > "$out/chat.out" 2> "$out/chat.err"
-kill $feeder 2>/dev/null || true
+stop_feeder
 tail -n 1 "$out/chat.err"
 .venv/bin/python - "$out/stats.csv" <<'PY'
 import csv, sys

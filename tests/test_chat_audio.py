@@ -35,6 +35,16 @@ def speech_like(seconds: float) -> np.ndarray:
     return (0.4 * x + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
 
 
+def segment_matches(ref: np.ndarray, sig: np.ndarray, seconds: float = 0.5) -> list[tuple[int, float]]:
+    """For each piece of ref: where it best matches in sig, and the normalised correlation there."""
+    n = int(seconds * SAMPLE_RATE)
+    out = []
+    for start in range(0, len(ref) - n + 1, n):
+        lag, corr = lag_and_corr(ref[start:start + n], sig, max_lag=len(sig) - n)
+        out.append((lag - start, round(corr, 3)))
+    return out
+
+
 def test_chat_on_the_virtual_card(virtual_card, tiny_checkpoint, tmp_path):
     wav = tmp_path / "question.wav"
     question = speech_like(6.0)
@@ -89,9 +99,13 @@ def test_chat_on_the_virtual_card(virtual_card, tiny_checkpoint, tmp_path):
     meta = json.loads(jsons[0].read_text())
     assert meta["seconds"] == pytest.approx(len(rec) / SAMPLE_RATE, abs=0.01)
 
-    # the microphone reached the app (and so the model): its recorded track is the injected WAV
-    lag, corr = lag_and_corr(question, rec[:, 0], max_lag=len(rec) - len(question) // 2)
-    assert corr > 0.9, f"mic track does not match the injected WAV (corr {corr:.3f})"
+    # the microphone reached the app (and so the model): its recorded track holds the injected WAV, piece
+    # by piece (the sound server may slip a few samples mid-stream, so each half second is aligned alone)
+    pieces = segment_matches(question, rec[:, 0])
+    good = [c for _, c in pieces if c > 0.9]
+    assert len(good) >= 0.8 * len(pieces), f"mic track does not hold the injected WAV: {pieces}"
+    lags = [lag for lag, c in pieces if c > 0.9]
+    assert lags == sorted(lags), f"the injected audio came out of order: {pieces}"
     # Moshi's frames reached the speaker: the app played audio, and the card's speaker side carries it
     spk = rec[:, 1]
     assert np.abs(spk).max() > 0.01
