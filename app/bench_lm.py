@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench-out")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per side; best median kept")
     parser.add_argument("--ref-python", default=str(DEFAULT_REF_PYTHON))
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="time an existing folder (Kyutai MLX layout + config.json, e.g. a 7B from "
+                             "moshi-mlx-convert) instead of generated configs; its precisions present are run")
     parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -212,11 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     print(f"{'config':6} {'prec':5} {'who':9} {'median ms':>9} {'p90 ms':>8} {'ratio':>6} {'cpu ms':>8} "
           f"{'ratio':>6} {'rss MB':>8} {'syncs':>6} {'ops':>6}")
-    for name in args.configs.split(","):
-        folder = args.out / f"lm_{name}"
-        _make_checkpoints(name, folder)
+    targets = [(args.checkpoint.name, args.checkpoint.resolve())] if args.checkpoint else [
+        (name, args.out / f"lm_{name}") for name in args.configs.split(",")]
+    for name, folder in targets:
+        if args.checkpoint is None:
+            _make_checkpoints(name, folder)
         for precision in args.precisions.split(","):
             file, quant = PRECISIONS[precision]
+            if not (folder / file).exists():
+                continue
             common = [str(folder / file), str(folder / "config.json"), str(args.steps), str(args.warmup),
                       json.dumps(quant)]
             ours, theirs = [], []

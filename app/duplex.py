@@ -142,8 +142,11 @@ class DuplexSession:
         while self._model_in.available() < FRAME_SIZE:
             have = self.mic.available()
             if have:
-                chunk = self.mic.read(min(have, self._model_in.space()))
-                self._model_in.write(self._to_model.process(chunk))
+                # Up-sampling makes more samples than it reads: take only what fits once resampled.
+                room = max(1, (self._model_in.space() - 2) * self.device_rate // SAMPLE_RATE)
+                chunk = self.mic.read(min(have, room))
+                resampled = self._to_model.process(chunk)
+                self.stats.mic_dropped += len(resampled) - self._model_in.write(resampled)
                 continue
             if stop.is_set():
                 return None

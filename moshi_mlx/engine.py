@@ -7,7 +7,7 @@ lives in this object and `reset()` starts a new conversation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
@@ -36,7 +36,6 @@ class StepResult:
     text: str | None  # text to show now, or None
     text_token: int
     moshi_codes: np.ndarray | None  # int32 [dep_q] of the frame decoded this step, or None
-    user_codes: np.ndarray | None = field(default=None, repr=False)
 
 
 class Engine:

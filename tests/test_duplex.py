@@ -168,3 +168,15 @@ def test_other_device_rates_are_resampled(rate):
     np.testing.assert_allclose(model_in[d + 100:], ref[100:len(model_in) - d], atol=2e-3)
     played = np.concatenate(dev.played)
     assert not np.isnan(played).any() and np.abs(played).max() > 0.3
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_slow_model_on_a_resampled_device_loses_nothing_it_keeps(rate):
+    """Backlog skipping with resampling: every kept sample reaches the model, none is dropped."""
+    x = tone(8.0, rate)
+    block = rate * FRAME_SIZE // SAMPLE_RATE
+    dev = FakeDevice(x, rate=rate, block=block)
+    session = DuplexSession(echo_step(dev, cost=0.25), device_rate=rate, block_size=block, max_backlog_frames=2)
+    dev.run(session)
+    assert session.stats.skipped_frames > 0 and session.stats.mic_dropped == 0
+    assert session.error is None
