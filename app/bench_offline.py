@@ -42,13 +42,13 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def run_ours(folder: Path, seconds: float) -> dict:
+def run_ours(folder: Path, seconds: float, warmup: float) -> dict:
     from moshi_mlx.engine import SamplingParams
     from moshi_mlx.loading import load
 
     model = load(folder)
     engine = model.engine(SamplingParams(seed=0))
-    engine.run_offline(test_signal(1.0))  # warm-up: compile, first allocations
+    engine.run_offline(test_signal(warmup))  # warm-up: compile, first allocations
     pcm = test_signal(seconds)
     t0 = time.perf_counter()
     engine.run_offline(pcm)
@@ -56,7 +56,7 @@ def run_ours(folder: Path, seconds: float) -> dict:
     return {"wall_s": wall, "audio_s": len(pcm) / RATE, "peak_rss_mb": peak_rss_mb()}
 
 
-def run_kyutai(folder: Path, seconds: float) -> dict:
+def run_kyutai(folder: Path, seconds: float, warmup: float) -> dict:
     """Runs inside Kyutai's environment (moshi_mlx 0.3.0, rustymimi)."""
     import mlx.core as mx
     import mlx.nn as nn
@@ -101,7 +101,7 @@ def run_kyutai(folder: Path, seconds: float) -> dict:
                 tok.decode(np.array(audio).astype(np.uint32))
                 poll(tok.get_decoded)
 
-    chain(test_signal(1.0))
+    chain(test_signal(warmup))
     pcm = test_signal(seconds)
     t0 = time.perf_counter()
     chain(pcm)
@@ -114,18 +114,19 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="folder: Kyutai-MLX-layout LM file, config.json, published-size Mimi file")
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--warmup-seconds", type=float, default=1.0, help="untimed run first (compiles, allocates)")
     p.add_argument("--ref-python", default=str(DEFAULT_REF_PYTHON))
     p.add_argument("--worker", choices=["ours", "kyutai"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.checkpoint = a.checkpoint.resolve()  # Kyutai's side runs from /
     if a.worker:
-        result = (run_ours if a.worker == "ours" else run_kyutai)(a.checkpoint, a.seconds)
+        result = (run_ours if a.worker == "ours" else run_kyutai)(a.checkpoint, a.seconds, a.warmup_seconds)
         print(json.dumps(result))
         return 0
     rows = {}
     for side, python in (("ours", sys.executable), ("kyutai", a.ref_python)):
         cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--checkpoint", str(a.checkpoint),
-               "--seconds", str(a.seconds)]
+               "--seconds", str(a.seconds), "--warmup-seconds", str(a.warmup_seconds)]
         # Kyutai's side runs from / so that this checkout's moshi_mlx cannot shadow theirs.
         r = subprocess.run(cmd, capture_output=True, text=True, cwd="/" if side == "kyutai" else REPO,
                            env=None)
