@@ -298,10 +298,18 @@ class StatsLog:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        return run(args)
+        code = run(args)
     except KeyboardInterrupt:  # before the conversation started (loading, warm-up): nothing to save
         print("interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if __name__ == "__main__" or sys.argv[0].endswith("moshi-mlx-chat"):
+        # Everything is written and the stream is closed. After long sessions, tearing down the native
+        # libraries' threads at interpreter exit has aborted the process ("terminate called without an
+        # active exception", seen after 1- and 30-minute runs): leave without that teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
