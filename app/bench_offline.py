@@ -134,7 +134,7 @@ def main(argv=None) -> int:
             print(f"{side} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
             return 1
         rows[side] = json.loads(r.stdout.strip().splitlines()[-1])
-    print(f"checkpoint {a.checkpoint}, {a.seconds:.0f} s of input")
+    print(f"checkpoint {a.checkpoint}, {a.seconds:g} s of input after {a.warmup_seconds:g} s of warm-up")
     print(f"{'':8} {'wall s':>8} {'RTF':>7} {'peak RSS MB':>12}")
     for side, r in rows.items():
         print(f"{side:8} {r['wall_s']:8.2f} {r['wall_s'] / r['audio_s']:7.3f} {r['peak_rss_mb']:12.0f}")
