@@ -120,6 +120,14 @@ def _module_at(model: nn.Module, dotted: str) -> nn.Module:
     return m
 
 
+def _parameters(model: Mimi):
+    """Each parameter with its leaf name, owning module and candidate checkpoint keys (load and save share it)."""
+    for name, param in tree_flatten(model.parameters()):
+        prefix, leaf = name.rsplit(".", 1)
+        module = _module_at(model, prefix)
+        yield name, param, prefix, leaf, module, _pytorch_names(name, module)
+
+
 def _pytorch_names(name: str, module: nn.Module) -> tuple[str, ...]:
     """Checkpoint keys that may hold our parameter `name` (a leaf of `module`)."""
     prefix, leaf = name.rsplit(".", 1)
@@ -166,10 +174,7 @@ def _convert(model: Mimi, tensors: dict[str, mx.array], path: Path) -> list[tupl
     out: list[tuple[str, mx.array]] = []
     used: set[str] = set()
     missing: list[str] = []
-    for name, param in tree_flatten(model.parameters()):
-        prefix, leaf = name.rsplit(".", 1)
-        module = _module_at(model, prefix)
-        candidates = _pytorch_names(name, module)
+    for name, param, prefix, leaf, module, candidates in _parameters(model):
         if isinstance(module, Codebook):
             if leaf == "embedding_sq_norm":
                 continue  # produced together with `embedding`
@@ -214,10 +219,7 @@ def pytorch_state_dict(model: Mimi) -> dict[str, mx.array]:
     Used to write test and benchmark checkpoints that every Mimi implementation can read.
     """
     out: dict[str, mx.array] = {}
-    for name, param in tree_flatten(model.parameters()):
-        prefix, leaf = name.rsplit(".", 1)
-        module = _module_at(model, prefix)
-        keys = _pytorch_names(name, module)
+    for name, param, prefix, leaf, module, keys in _parameters(model):
         if isinstance(module, Codebook):
             if leaf == "embedding":
                 out[keys[0]] = param
