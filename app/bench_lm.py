@@ -9,8 +9,10 @@ layout (bf16, q8 = 8 bits group 64, q4 = 4 bits group 32, every Linear and Embed
 
 Per run it prints median and p90 ms/step, our/their ratio, peak RSS of the worker process, host syncs per
 step (calls that wait for the device: `mx.eval`, `.item()`, `.tolist()`, `bool()`, `np.array`/`np.asarray`
-of an mx array, counted by wrapping them during the timed steps) and, for ours, the primitives in one
-step's graph (from `mx.export_to_dot`). Each side runs `--rounds` times, alternating, and the round with
+of an mx array, counted by wrapping them during the timed steps), the primitives evaluated per step
+(both sides counted the same way, from `mx.export_to_dot` at each of those calls: a proxy for kernel
+launches on a GPU) and, for ours, the "matmul floor": the step's weight matmuls alone on the same
+weights, which bounds any implementation on a CPU where matmuls dominate. Each side runs `--rounds` times, alternating, and the round with
 the best median is kept; the median CPU time per step (all threads of the worker) is printed too, as it
 depends less on the machine's other load than wall time does.
 """
@@ -120,22 +122,90 @@ def worker_ours(file: str, config: str, steps: int, warmup: int) -> dict:
         start, cpu = time.perf_counter(), time.process_time()
         text, frame = gen.step(codes[t][None])
         times.append((time.perf_counter() - start, time.process_time() - cpu))
-    return {"times": times[warmup:], "syncs": syncs["n"] / steps, "graph_ops": _graph_ops(gen)}
+    syncs = syncs["n"] / steps  # read before counting ops: those steps sync too
+    extra = _user_codes(3, model.config.card, seed=2)
+    ops = _count_graph_ops(lambda i: gen.step(extra[i][None]))
+    return {"times": times[warmup:], "syncs": syncs, "graph_ops": ops, "floor_ms": _matmul_floor_ms(model)}
 
 
-def _graph_ops(gen) -> int:
-    """Primitives in one step's graph (input assembly + compiled step), counted from its DOT export."""
+def _matmul_floor_ms(model, repeats: int = 5) -> float:
+    """Milliseconds for the step's weight matmuls alone: one [1, in] @ W.T per Linear of the model (the
+    temporal layers, the text head, every depformer step), the same weights and precision, one graph.
+    On a CPU, where both implementations run the same MLX matmul kernels, this is the floor that any
+    step on these weights has to pay; the rest of a step is what an implementation controls."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    xs, linears = {}, [m for _, m in model.named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))]
+
+    def run():
+        outs = []
+        for lin in linears:
+            width = lin.weight.shape[1] * (32 // lin.bits if isinstance(lin, nn.QuantizedLinear) else 1)
+            if width not in xs:
+                xs[width] = mx.random.normal((1, width)).astype(model.dtype)
+            outs.append(lin(xs[width]))
+        mx.eval(outs)
+
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(1000 * (time.perf_counter() - start))
+    return sorted(times)[len(times) // 2]
+
+
+def _count_graph_ops(step, steps: int = 2) -> float:
+    """Primitives evaluated per step, the same way for both sides: at every call that waits for the device
+    (see `_sync_counter`), the lazy graph behind its arguments is exported with `mx.export_to_dot` and its
+    primitives counted. Evaluated arrays have no graph left, so each primitive is counted at the sync that
+    runs it. `mx.async_eval` becomes a no-op while counting (it only starts work early), so nothing is in
+    flight between syncs; one extra step first drains what earlier steps queued."""
     import tempfile
 
     import mlx.core as mx
+    import numpy as np
 
-    n = gen.step_index
-    cache = gen.cache
-    outputs = gen._step_compiled(gen._inputs(n), [c.keys for c in cache], [c.values for c in cache],
-                                 mx.array(n, dtype=mx.int32), gen._key, cache[0].capacity)
-    with tempfile.NamedTemporaryFile("r", suffix=".dot") as f:
-        mx.export_to_dot(f.name, *outputs)
-        return f.read().count("shape=rectangle")
+    count = {"ops": 0, "on": False}
+
+    def arrays(obj):
+        if isinstance(obj, mx.array):
+            yield obj
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                yield from arrays(item)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                yield from arrays(item)
+
+    def counted(orig, only_mx_arg=False):
+        def wrapper(*args, **kwargs):
+            lazy = list(arrays(args)) if count["on"] else []
+            if lazy and not (only_mx_arg and not isinstance(args[0], mx.array)):
+                with tempfile.NamedTemporaryFile("r", suffix=".dot") as f:
+                    mx.export_to_dot(f.name, *lazy)
+                    count["ops"] += f.read().count("shape=rectangle")
+            return orig(*args, **kwargs)
+        return wrapper
+
+    saved = [(mx, "eval"), (mx, "async_eval"), (np, "array"), (np, "asarray")]
+    saved += [(mx.array, attr) for attr in ("item", "tolist", "__bool__")]
+    originals = [(owner, attr, getattr(owner, attr)) for owner, attr in saved]
+    try:
+        mx.async_eval = lambda *args, **kwargs: None
+        mx.eval = counted(originals[0][2])
+        np.array, np.asarray = counted(originals[2][2], True), counted(originals[3][2], True)
+        for owner, attr, orig in originals[4:]:
+            setattr(owner, attr, counted(orig))
+        step(0)  # drains the work queued before counting
+        count["on"] = True
+        for i in range(steps):
+            step(1 + i)
+    finally:
+        for owner, attr, orig in originals:
+            setattr(owner, attr, orig)
+    return count["ops"] / steps
 
 
 def worker_theirs(file: str, config: str, steps: int, warmup: int, quant: list | None) -> dict:
@@ -152,19 +222,23 @@ def worker_theirs(file: str, config: str, steps: int, warmup: int, quant: list |
     model.load_weights(file, strict=True)
     gen = models.LmGen(model=model, max_steps=steps + warmup + 5, text_sampler=utils.Sampler(temp=0.0),
                        audio_sampler=utils.Sampler(temp=0.0), check=False)
-    codes = mx.array(_user_codes(steps + warmup, cfg.audio_vocab_size - 1))
+    codes = mx.array(_user_codes(steps + warmup + 3, cfg.audio_vocab_size - 1))
+
+    def step(t):  # their local.py loop: step, read the text token and the frame
+        text = gen.step(codes[t][None])[0].item()
+        frame = gen.last_audio_tokens()
+        return text, None if frame is None else np.array(frame)
+
     times, syncs = [], None
     for t in range(steps + warmup):
         if t == warmup:
             syncs = _sync_counter()
         start, cpu = time.perf_counter(), time.process_time()
-        text = gen.step(codes[t][None])  # their local.py loop: step, read the text token and the frame
-        text = text[0].item()
-        frame = gen.last_audio_tokens()
-        if frame is not None:
-            frame = np.array(frame)
+        step(t)
         times.append((time.perf_counter() - start, time.process_time() - cpu))
-    return {"times": times[warmup:], "syncs": syncs["n"] / steps}
+    syncs = syncs["n"] / steps
+    ops = _count_graph_ops(lambda i: step(steps + warmup + i))
+    return {"times": times[warmup:], "syncs": syncs, "graph_ops": ops}
 
 
 def _run_worker(python: str, args: list[str]) -> dict:
@@ -214,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO))
     print(f"{'config':6} {'prec':5} {'who':9} {'median ms':>9} {'p90 ms':>8} {'ratio':>6} {'cpu ms':>8} "
-          f"{'ratio':>6} {'rss MB':>8} {'syncs':>6} {'ops':>6}")
+          f"{'ratio':>6} {'rss MB':>8} {'syncs':>6} {'ops':>6} {'mm floor':>9}")
     targets = [(args.checkpoint.name, args.checkpoint.resolve())] if args.checkpoint else [
         (name, args.out / f"lm_{name}") for name in args.configs.split(",")]
     for name, folder in targets:
@@ -238,9 +312,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{ours_cpu / their_cpu:.2f}"),
                     ("moshi_mlx", theirs, their_med, their_p90, their_cpu, "", ""))
             for who, res, med, p90, cpu, ratio, cpu_ratio in rows:
-                ops = res.get("graph_ops", "n/a")
+                ops = f"{res['graph_ops']:.0f}" if "graph_ops" in res else "n/a"
+                floor = f"{res['floor_ms']:.2f}" if "floor_ms" in res else ""
                 print(f"{name:6} {precision:5} {who:9} {med:9.2f} {p90:8.2f} {ratio:>6} {cpu:8.2f} {cpu_ratio:>6} "
-                      f"{res['peak_rss_mb']:8.0f} {res['syncs']:6.1f} {ops:>6}", flush=True)
+                      f"{res['peak_rss_mb']:8.0f} {res['syncs']:6.2f} {ops:>6} {floor:>9}", flush=True)
     return 0
 
 

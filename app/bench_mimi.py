@@ -125,6 +125,7 @@ def worker(impl: str, weights: str, num_codebooks: int, frames: int, seed: int) 
     clip = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + t)) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
     enc_ms, dec_ms = [], []
     rss_warm = None
+    rss_by_minute = []  # peak RSS after each whole minute of streamed audio: growth shows here
     for i in range(frames):
         start = (i % 16) * FRAME_SIZE
         pcm = clip[None, None, start:start + FRAME_SIZE]
@@ -138,6 +139,10 @@ def worker(impl: str, weights: str, num_codebooks: int, frames: int, seed: int) 
             dec_ms.append(1e3 * (t2 - t1))
         elif i == WARMUP_FRAMES - 1:
             rss_warm = _peak_rss_mb()
+        if (i + 1) % FRAMES_PER_MINUTE == 0:
+            rss_by_minute.append(round(_peak_rss_mb()))
+            print(f"  {impl}: {len(rss_by_minute)} min streamed, peak RSS {rss_by_minute[-1]} MB, "
+                  f"median enc+dec {np.median(enc_ms) + np.median(dec_ms):.0f} ms", file=sys.stderr, flush=True)
     if impl == "rustymimi":
         backend = "candle, CPU"
     else:
@@ -148,7 +153,7 @@ def worker(impl: str, weights: str, num_codebooks: int, frames: int, seed: int) 
         "impl": impl, "frames": frames, "backend": backend,
         "encode_ms": [float(np.median(enc_ms)), float(np.percentile(enc_ms, 90))],
         "decode_ms": [float(np.median(dec_ms)), float(np.percentile(dec_ms, 90))],
-        "rss_warm_mb": rss_warm, "rss_end_mb": _peak_rss_mb(),
+        "rss_warm_mb": rss_warm, "rss_end_mb": _peak_rss_mb(), "rss_by_minute_mb": rss_by_minute,
     }
 
 
@@ -160,10 +165,10 @@ def run_worker(python: str, impl: str, args, weights: Path) -> dict | None:
            "--num-codebooks", str(args.num_codebooks), "--frames", str(args.total_frames),
            "--seed", str(args.seed)]
     # Run from outside the repo so that, in the reference interpreter, `moshi_mlx` is Kyutai's package.
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    # stderr passes through: long runs report each streamed minute as they go.
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
     if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        print(f"  {impl}: failed ({tail[0]})", file=sys.stderr)
+        print(f"  {impl}: failed with exit status {proc.returncode} (its error is above)", file=sys.stderr)
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -182,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1,
                    help="runs per implementation, round-robin; the fastest is reported (for noisy machines)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", nargs="+", metavar="LABEL",
+                   help="run only these rows (ours, ours@ref, moshi_mlx, rustymimi), e.g. to spread long runs")
     p.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.frames < 1 or args.minutes < 0 or args.repeat < 1:
@@ -189,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(args.worker, str(args.weights), args.num_codebooks, args.frames, args.seed)))
         return 0
+    if args.reference_python:  # workers run from another folder; keep the venv's symlink (no resolve)
+        args.reference_python = os.path.abspath(args.reference_python)
     args.total_frames = WARMUP_FRAMES + max(args.frames, round(args.minutes * FRAMES_PER_MINUTE))
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,11 +208,17 @@ def main(argv: list[str] | None = None) -> int:
             write_random_checkpoint(weights, args.seed)
         elif not weights.is_file():
             p.error(f"{weights}: no such file")
+        weights = weights.absolute()
         runs = [("ours", "ours", sys.executable)]
         if args.reference_python:
             # Ours again under the reference interpreter's MLX, so one row compares like with like.
             runs += [("ours@ref", "ours", args.reference_python), ("moshi_mlx", "moshi_mlx", args.reference_python),
                      ("rustymimi", "rustymimi", args.reference_python)]
+        if args.only:
+            unknown = set(args.only) - {label for label, _, _ in runs}
+            if unknown:
+                p.error(f"--only: no such row {sorted(unknown)} (rows: {[label for label, _, _ in runs]})")
+            runs = [run for run in runs if run[0] in args.only]
         best: dict[str, dict] = {}
         for round_ in range(args.repeat):
             for label, impl, python in runs:
@@ -224,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         ratio = _total(ours) / _total(r) if ours else float("nan")
         print(f"{r['impl']:<10} {r['encode_ms'][0]:8.2f} {r['encode_ms'][1]:8.2f} {r['decode_ms'][0]:8.2f} "
               f"{r['decode_ms'][1]:8.2f} {ratio:6.2f} {r['rss_warm_mb']:9.0f} {r['rss_end_mb']:8.0f}   {r['backend']}")
+    if any(r["rss_by_minute_mb"] for r in results):
+        print("peak RSS (MB) after each streamed minute:")
+        for r in results:
+            print(f"  {r['impl']:<10} {' '.join(str(v) for v in r['rss_by_minute_mb'])}")
     return 0 if len(results) == len(runs) else 1
 
 

@@ -93,17 +93,16 @@ class Engine:
             raise ValueError(f"a frame is {FRAME_SIZE} samples at 24 kHz, got {x.shape[0]}")
         codes = self.mimi.encode_step(mx.array(x)[None, None], self.encode_state)
         user = codes[:, :self.lm.config.user_q, 0]
-        text_tokens, moshi = self.generator.step(user)
+        # Encode, LM step and decode are one graph read in one host sync. The LM only samples codes in
+        # range, so the codec's range check (a sync of its own) is skipped.
+        text_tokens, moshi, pcm = self.generator.step_and_decode(
+            user, lambda frame: self.mimi.decode_step(frame[:, :, None], self.decode_state, check_range=False))
         token = int(text_tokens[0])
         shown = self.text.push(token, self.frame) if self.text is not None else None
         if moshi is None:
-            pcm = np.zeros(FRAME_SIZE, dtype=np.float32)
-            frame_codes = None
+            pcm, frame_codes = np.zeros(FRAME_SIZE, dtype=np.float32), None
         else:
-            frame_codes = moshi[0]
-            # The LM only samples codes in range: skip the codec's range check and its host sync.
-            out = self.mimi.decode_step(mx.array(moshi[:, :, None]), self.decode_state, check_range=False)
-            pcm = np.array(out[0, 0], dtype=np.float32)
+            pcm, frame_codes = pcm[0, 0].astype(np.float32), moshi[0]
         self.frame += 1
         return StepResult(pcm, shown, token, frame_codes)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -262,6 +263,24 @@ class Generator:
             token and Moshi's frame completed by this step (None during the first max-delay steps). With
             `return_logits`, a third item `(text_logits [B, text_card], audio_logits [B, dep_q, card])`.
         """
+        result, _, logits = self._advance(user_codes, text, audio, None, return_logits)
+        return result + (logits,) if return_logits else result
+
+    def step_and_decode(self, user_codes: Any, decode: Callable[[mx.array], mx.array]):
+        """`step()`, with Moshi's frame also turned into something else (its audio) in the same host sync.
+
+        `decode` gets the frame as a lazy int32 `[B, dep_q]` array and returns a lazy array; it is queued
+        right behind the step, ahead of step n+1, and read together with the tokens. Reading the tokens
+        first and decoding afterwards costs a second sync per step, and on a GPU the decode would then
+        wait behind the next step already queued.
+
+        Returns:
+            `(text_tokens [B], moshi_codes [B, dep_q] or None, decoded or None)`, numpy arrays.
+        """
+        (text, codes), decoded, _ = self._advance(user_codes, None, None, decode, False)
+        return text, codes, decoded
+
+    def _advance(self, user_codes: Any, text: Any, audio: Any, decode: Callable | None, return_logits: bool):
         user = self._user_frame(user_codes)
         if self._pending is None:
             self._pending = self._build(0)
@@ -273,22 +292,31 @@ class Generator:
         n = self._step
         have_frame = n >= self._frame_delay
         out = p.text[:, None].astype(mx.int32)
+        decoded = None
         if have_frame:
             past = mx.stack(list(self._audio_history))
-            frame = mx.take_along_axis(past, self._frame_index[None, None, :], axis=0)[0]
-            out = mx.concatenate([out, frame.astype(mx.int32)], axis=1)
+            frame = mx.take_along_axis(past, self._frame_index[None, None, :], axis=0)[0].astype(mx.int32)
+            out = mx.concatenate([out, frame], axis=1)
+            if decode is not None:
+                decoded = decode(frame)
+        read = out
+        if decoded is not None:
+            # One array, one read: tokens are < 2**24, so float32 holds them exactly.
+            read = mx.concatenate([out.astype(mx.float32), decoded.reshape(self.batch_size, -1)
+                                   .astype(mx.float32)], axis=1)
         self._step += 1
         if self._overlap:
             # Queue this step's result before step n+1 so that reading it does not wait for step n+1.
-            mx.async_eval(out)
+            mx.async_eval(read)
             self._pending = self._build(self._step)
-            host = np.array(out)
-        else:
-            # The CPU evaluates inside async_eval: read first, so step n+1 does not delay step n's result.
-            host = np.array(out)
+        # On the CPU, which evaluates inside async_eval, this reads step n before step n+1 is built.
+        host = np.array(read)
+        if not self._overlap:
             self._pending = self._build(self._step)
+        if decoded is not None:
+            host, decoded = host[:, :out.shape[1]].astype(np.int32), host[:, out.shape[1]:].reshape(decoded.shape)
         result = (host[:, 0], host[:, 1:] if have_frame else None)
+        logits = None
         if return_logits:
             logits = (np.array(p.text_logits[:, -1].astype(mx.float32)), np.array(p.audio_logits))
-            return result + (logits,)
-        return result
+        return result, decoded, logits
