@@ -1,7 +1,7 @@
 """moshi-mlx-bench: speed and memory, ours side by side with Kyutai's moshi_mlx, in one run.
 
-    moshi-mlx-bench lm   [--configs tiny,mid,7b] [--precisions bf16,q8,q4] ...   (app/bench_lm.py)
-    moshi-mlx-bench mimi [--reference-python PY] [--minutes N] ...              (app/bench_mimi.py)
+    moshi-mlx-bench lm   [--configs tiny,mid | --checkpoint DIR] [--precisions bf16,q8,q4] ...  (app/bench_lm.py)
+    moshi-mlx-bench mimi [--reference-python PY] [--minutes N] [--only ROW ...] ...   (app/bench_mimi.py)
     moshi-mlx-bench offline --checkpoint DIR [--seconds N]                       (app/bench_offline.py)
 
 Kyutai's implementation runs in its own environment (`bash tests/reference/build_envs.sh` builds it in
