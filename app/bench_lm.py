@@ -11,10 +11,10 @@ Per run it prints median and p90 ms/step, our/their ratio, peak RSS of the worke
 step (calls that wait for the device: `mx.eval`, `.item()`, `.tolist()`, `bool()`, `np.array`/`np.asarray`
 of an mx array, counted by wrapping them during the timed steps), the primitives evaluated per step
 (both sides counted the same way, from `mx.export_to_dot` at each of those calls: a proxy for kernel
-launches on a GPU) and, for ours, the "matmul floor": the step's weight matmuls alone on the same
-weights, which bounds any implementation on a CPU where matmuls dominate. Each side runs `--rounds` times, alternating, and the round with
-the best median is kept; the median CPU time per step (all threads of the worker) is printed too, as it
-depends less on the machine's other load than wall time does.
+launches on a GPU). Ours runs twice: on our MLX and, as `ours@ref`, on the reference interpreter's MLX,
+the version moshi_mlx runs on, so that one row compares like with like. Each side runs `--rounds`
+times, alternating, and the round with the best median is kept; the median CPU time per step (all
+threads of the worker) is printed too, as it depends less on the machine's other load than wall time.
 """
 
 from __future__ import annotations
@@ -125,36 +125,7 @@ def worker_ours(file: str, config: str, steps: int, warmup: int) -> dict:
     syncs = syncs["n"] / steps  # read before counting ops: those steps sync too
     extra = _user_codes(2, model.config.card, seed=2)
     ops = _count_graph_ops(lambda i: gen.step(extra[i][None]))
-    return {"times": times[warmup:], "syncs": syncs, "graph_ops": ops, "floor_ms": _matmul_floor_ms(model)}
-
-
-def _matmul_floor_ms(model, repeats: int = 5) -> float:
-    """Milliseconds (fastest of a few runs) for the step's weight matmuls alone: one [1, in] @ W.T per
-    Linear of the model (the temporal layers, the text head, every depformer step), the same weights and
-    precision, one graph.
-    On a CPU, where both implementations run the same MLX matmul kernels, this is the floor that any
-    step on these weights has to pay; the rest of a step is what an implementation controls."""
-    import mlx.core as mx
-    import mlx.nn as nn
-
-    xs, linears = {}, [m for _, m in model.named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))]
-
-    def run():
-        outs = []
-        for lin in linears:
-            width = lin.weight.shape[1] * (32 // lin.bits if isinstance(lin, nn.QuantizedLinear) else 1)
-            if width not in xs:
-                xs[width] = mx.random.normal((1, width)).astype(model.dtype)
-            outs.append(lin(xs[width]))
-        mx.eval(outs)
-
-    run()
-    times = []
-    while len(times) < repeats and sum(times) < 3000:  # a 7B-shape run takes seconds: fewer repeats then
-        start = time.perf_counter()
-        run()
-        times.append(1000 * (time.perf_counter() - start))
-    return min(times)  # a floor: the fastest run
+    return {"times": times[warmup:], "syncs": syncs, "graph_ops": ops}
 
 
 def _count_graph_ops(step, steps: int = 1) -> float:
@@ -283,13 +254,16 @@ def main(argv: list[str] | None = None) -> int:
             result = worker_theirs(file, config, int(steps), int(warmup), quant)
         # ru_maxrss is KiB on Linux, bytes on macOS.
         scale = 1 if sys.platform == "darwin" else 1024
+        import mlx.core as mx
+
+        result["mlx"] = mx.__version__
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
         print(json.dumps(result))
         return 0
 
     sys.path.insert(0, str(REPO))
     print(f"{'config':6} {'prec':5} {'who':9} {'median ms':>9} {'p90 ms':>8} {'ratio':>6} {'cpu ms':>8} "
-          f"{'ratio':>6} {'rss MB':>8} {'syncs':>6} {'ops':>6} {'mm floor':>9}")
+          f"{'ratio':>6} {'rss MB':>8} {'syncs':>6} {'ops':>6}  mlx")
     targets = [(args.checkpoint.name, args.checkpoint.resolve())] if args.checkpoint else [
         (name, args.out / f"lm_{name}") for name in args.configs.split(",")]
     for name, folder in targets:
@@ -301,22 +275,22 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             common = [str(folder / file), str(folder / "config.json"), str(args.steps), str(args.warmup),
                       json.dumps(quant)]
-            ours, theirs = [], []
+            sides = (("ours", sys.executable, "ours"), ("ours@ref", args.ref_python, "ours"),
+                     ("moshi_mlx", args.ref_python, "theirs"))
+            runs = {label: [] for label, _, _ in sides}
             for _ in range(args.rounds):
-                ours.append(_run_worker(sys.executable, ["ours", *common]))
-                theirs.append(_run_worker(args.ref_python, ["theirs", *common]))
-            ours = min(ours, key=lambda r: _stats(r["times"])[0])
-            theirs = min(theirs, key=lambda r: _stats(r["times"])[0])
-            ours_med, ours_p90, ours_cpu = _stats(ours["times"])
-            their_med, their_p90, their_cpu = _stats(theirs["times"])
-            rows = (("ours", ours, ours_med, ours_p90, ours_cpu, f"{ours_med / their_med:.2f}",
-                     f"{ours_cpu / their_cpu:.2f}"),
-                    ("moshi_mlx", theirs, their_med, their_p90, their_cpu, "", ""))
-            for who, res, med, p90, cpu, ratio, cpu_ratio in rows:
-                ops = f"{res['graph_ops']:.0f}" if "graph_ops" in res else "n/a"
-                floor = f"{res['floor_ms']:.2f}" if "floor_ms" in res else ""
-                print(f"{name:6} {precision:5} {who:9} {med:9.2f} {p90:8.2f} {ratio:>6} {cpu:8.2f} {cpu_ratio:>6} "
-                      f"{res['peak_rss_mb']:8.0f} {res['syncs']:6.2f} {ops:>6} {floor:>9}", flush=True)
+                for label, python, who in sides:
+                    runs[label].append(_run_worker(python, [who, *common]))
+            best = {label: min(results, key=lambda r: _stats(r["times"])[0]) for label, results in runs.items()}
+            their_med, _, their_cpu = _stats(best["moshi_mlx"]["times"])
+            for label, _, _ in sides:
+                res = best[label]
+                med, p90, cpu = _stats(res["times"])
+                ratio, cpu_ratio = (("", "") if label == "moshi_mlx" else
+                                    (f"{med / their_med:.2f}", f"{cpu / their_cpu:.2f}"))
+                print(f"{name:6} {precision:5} {label:9} {med:9.2f} {p90:8.2f} {ratio:>6} {cpu:8.2f} {cpu_ratio:>6} "
+                      f"{res['peak_rss_mb']:8.0f} {res['syncs']:6.2f} {res['graph_ops']:6.0f}  {res['mlx']}",
+                      flush=True)
     return 0
 
 
