@@ -143,18 +143,32 @@ def worker(impl: str, weights: str, num_codebooks: int, frames: int, seed: int) 
             rss_by_minute.append(round(_peak_rss_mb()))
             print(f"  {impl}: {len(rss_by_minute)} min streamed, peak RSS {rss_by_minute[-1]} MB, "
                   f"median enc+dec {np.median(enc_ms) + np.median(dec_ms):.0f} ms", file=sys.stderr, flush=True)
+    ops = None
     if impl == "rustymimi":
         backend = "candle, CPU"
     else:
         import mlx.core as mx
 
         backend = f"mlx {mx.__version__}, {mx.default_device()}"
+        pcm = clip[None, None, :FRAME_SIZE]
+        ops = _graph_op_counter()(lambda _: decode(encode(pcm)))
     return {
         "impl": impl, "frames": frames, "backend": backend,
         "encode_ms": [float(np.median(enc_ms)), float(np.percentile(enc_ms, 90))],
         "decode_ms": [float(np.median(dec_ms)), float(np.percentile(dec_ms, 90))],
         "rss_warm_mb": rss_warm, "rss_end_mb": _peak_rss_mb(), "rss_by_minute_mb": rss_by_minute,
+        "graph_ops": ops,
     }
+
+
+def _graph_op_counter():
+    """The LM benchmark's counter of primitives evaluated per step (the same rule for every side)."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from app.bench_lm import _count_graph_ops
+    finally:
+        sys.path.remove(str(REPO))  # in the reference interpreter, `moshi_mlx` must stay Kyutai's
+    return _count_graph_ops
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -233,12 +247,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs; {audio_s:.1f} s streamed per run; "
           f"best of {args.repeat} run(s)")
     print(f"{'impl':<10} {'enc med':>8} {'enc p90':>8} {'dec med':>8} {'dec p90':>8} {'ratio':>6} "
-          f"{'RSS warm':>9} {'RSS end':>8}   (ms per 80 ms frame; ratio = our enc+dec / theirs; MB)")
+          f"{'RSS warm':>9} {'RSS end':>8} {'ops':>6}   (ms per 80 ms frame; ratio = our enc+dec / theirs; MB;\n"
+          f"{'':<10} ops = graph primitives evaluated per frame, encode + decode, a proxy for GPU kernel launches)")
     ours = next((r for r in results if r["impl"] == "ours"), None)
     for r in results:
         ratio = _total(ours) / _total(r) if ours else float("nan")
         print(f"{r['impl']:<10} {r['encode_ms'][0]:8.2f} {r['encode_ms'][1]:8.2f} {r['decode_ms'][0]:8.2f} "
-              f"{r['decode_ms'][1]:8.2f} {ratio:6.2f} {r['rss_warm_mb']:9.0f} {r['rss_end_mb']:8.0f}   {r['backend']}")
+              f"{r['decode_ms'][1]:8.2f} {ratio:6.2f} {r['rss_warm_mb']:9.0f} {r['rss_end_mb']:8.0f} "
+              f"{'n/a' if r['graph_ops'] is None else format(r['graph_ops'], '.0f'):>6}   {r['backend']}")
     if any(r["rss_by_minute_mb"] for r in results):
         print("peak RSS (MB) after each streamed minute:")
         for r in results:
