@@ -26,6 +26,7 @@ import resource
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,29 +78,45 @@ def _make_checkpoints(name: str, folder: Path) -> None:
         print(f"wrote {folder / file}", flush=True)
 
 
-def _sync_counter():
-    """Wraps the calls that wait for the device; returns a dict whose "n" counts them."""
+@contextmanager
+def hooked_syncs(before):
+    """Within the block, `before(args)` runs ahead of every call that waits for the device: `mx.eval`,
+    `.item()`, `.tolist()` and `bool()` of an mx array, `np.array`/`np.asarray` of an mx array. Restored
+    afterwards."""
     import mlx.core as mx
     import numpy as np
 
-    count = {"n": 0}
+    # (owner, attribute, hooked only when the first argument is an mx array)
+    points = [(mx, "eval", False), (mx.array, "item", False), (mx.array, "tolist", False),
+              (mx.array, "__bool__", False), (np, "array", True), (np, "asarray", True)]
+    originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in points]
 
-    def wrap(owner, attr, only_mx_arg=False):
-        orig = getattr(owner, attr)
-
+    def hooked(orig, only_mx_arg):
         def wrapper(*args, **kwargs):
             if not only_mx_arg or (args and isinstance(args[0], mx.array)):
-                count["n"] += 1
+                before(args)
             return orig(*args, **kwargs)
+        return wrapper
 
-        setattr(owner, attr, wrapper)
+    try:
+        for (owner, attr, only_mx_arg), (_, _, orig) in zip(points, originals):
+            setattr(owner, attr, hooked(orig, only_mx_arg))
+        yield
+    finally:
+        for owner, attr, orig in originals:
+            setattr(owner, attr, orig)
 
-    wrap(mx, "eval")
-    for attr in ("item", "tolist", "__bool__"):
-        wrap(mx.array, attr)
-    wrap(np, "array", only_mx_arg=True)
-    wrap(np, "asarray", only_mx_arg=True)
-    return count
+
+@contextmanager
+def counting_syncs():
+    """Counts host syncs (see `hooked_syncs`) within the block: yields a dict whose "n" is the count."""
+    count = {"n": 0}
+
+    def before(args):
+        count["n"] += 1
+
+    with hooked_syncs(before):
+        yield count
 
 
 def _user_codes(steps: int, card: int, seed: int = 1):
@@ -115,29 +132,28 @@ def worker_ours(file: str, config: str, steps: int, warmup: int) -> dict:
     model = load_lm(file, config=config)
     gen = model.generator(text_temp=0, audio_temp=0, seed=0)
     codes = _user_codes(steps + warmup, model.config.card)
-    times, syncs = [], None
-    for t in range(steps + warmup):
-        if t == warmup:
-            syncs = _sync_counter()
-        start, cpu = time.perf_counter(), time.process_time()
-        text, frame = gen.step(codes[t][None])
-        times.append((time.perf_counter() - start, time.process_time() - cpu))
-    syncs = syncs["n"] / steps  # read before counting ops: those steps sync too
+    for t in range(warmup):
+        gen.step(codes[t][None])
+    times = []
+    with counting_syncs() as syncs:
+        for t in range(warmup, warmup + steps):
+            start, cpu = time.perf_counter(), time.process_time()
+            gen.step(codes[t][None])
+            times.append((time.perf_counter() - start, time.process_time() - cpu))
     extra = _user_codes(2, model.config.card, seed=2)
     ops = _count_graph_ops(lambda i: gen.step(extra[i][None]))
-    return {"times": times[warmup:], "syncs": syncs, "graph_ops": ops}
+    return {"times": times, "syncs": syncs["n"] / steps, "graph_ops": ops}
 
 
 def _count_graph_ops(step, steps: int = 1) -> float:
     """Primitives evaluated per step, the same way for both sides: at every call that waits for the device
-    (see `_sync_counter`), the lazy graph behind its arguments is exported with `mx.export_to_dot` and its
+    (see `hooked_syncs`), the lazy graph behind its arguments is exported with `mx.export_to_dot` and its
     primitives counted. Evaluated arrays have no graph left, so each primitive is counted at the sync that
     runs it. `mx.async_eval` becomes a no-op while counting (it only starts work early), so nothing is in
     flight between syncs; one extra step first drains what earlier steps queued."""
     import tempfile
 
     import mlx.core as mx
-    import numpy as np
 
     count = {"ops": 0, "on": False}
 
@@ -151,32 +167,23 @@ def _count_graph_ops(step, steps: int = 1) -> float:
             for item in obj.values():
                 yield from arrays(item)
 
-    def counted(orig, only_mx_arg=False):
-        def wrapper(*args, **kwargs):
-            lazy = list(arrays(args)) if count["on"] else []
-            if lazy and not (only_mx_arg and not isinstance(args[0], mx.array)):
-                with tempfile.NamedTemporaryFile("r", suffix=".dot") as f:
-                    mx.export_to_dot(f.name, *lazy)
-                    count["ops"] += f.read().count("shape=rectangle")
-            return orig(*args, **kwargs)
-        return wrapper
+    def before(args):
+        lazy = list(arrays(args)) if count["on"] else []
+        if lazy:
+            with tempfile.NamedTemporaryFile("r", suffix=".dot") as f:
+                mx.export_to_dot(f.name, *lazy)
+                count["ops"] += f.read().count("shape=rectangle")
 
-    saved = [(mx, "eval"), (mx, "async_eval"), (np, "array"), (np, "asarray")]
-    saved += [(mx.array, attr) for attr in ("item", "tolist", "__bool__")]
-    originals = [(owner, attr, getattr(owner, attr)) for owner, attr in saved]
+    async_eval = mx.async_eval
     try:
         mx.async_eval = lambda *args, **kwargs: None
-        mx.eval = counted(originals[0][2])
-        np.array, np.asarray = counted(originals[2][2], True), counted(originals[3][2], True)
-        for owner, attr, orig in originals[4:]:
-            setattr(owner, attr, counted(orig))
-        step(0)  # drains the work queued before counting
-        count["on"] = True
-        for i in range(steps):
-            step(1 + i)
+        with hooked_syncs(before):
+            step(0)  # drains the work queued before counting
+            count["on"] = True
+            for i in range(steps):
+                step(1 + i)
     finally:
-        for owner, attr, orig in originals:
-            setattr(owner, attr, orig)
+        mx.async_eval = async_eval
     return count["ops"] / steps
 
 
@@ -201,16 +208,16 @@ def worker_theirs(file: str, config: str, steps: int, warmup: int, quant: list |
         frame = gen.last_audio_tokens()
         return text, None if frame is None else np.array(frame)
 
-    times, syncs = [], None
-    for t in range(steps + warmup):
-        if t == warmup:
-            syncs = _sync_counter()
-        start, cpu = time.perf_counter(), time.process_time()
+    for t in range(warmup):
         step(t)
-        times.append((time.perf_counter() - start, time.process_time() - cpu))
-    syncs = syncs["n"] / steps
+    times = []
+    with counting_syncs() as syncs:
+        for t in range(warmup, warmup + steps):
+            start, cpu = time.perf_counter(), time.process_time()
+            step(t)
+            times.append((time.perf_counter() - start, time.process_time() - cpu))
     ops = _count_graph_ops(lambda i: step(steps + warmup + i))
-    return {"times": times[warmup:], "syncs": syncs, "graph_ops": ops}
+    return {"times": times, "syncs": syncs["n"] / steps, "graph_ops": ops}
 
 
 def _run_worker(python: str, args: list[str]) -> dict:
