@@ -198,13 +198,17 @@ class LmConfig:
         """Steps after which Moshi's full frame is out (max over the generated streams)."""
         return max(self.delays[:1 + self.dep_q])
 
-    def depformer_weight_index(self, k: int) -> int:
-        """Index of the per-step weight set that depformer codebook `k` uses."""
-        if not self.depformer_weights_per_step:
+    def _scheduled_index(self, k: int, per_step: bool) -> int:
+        """Codebook `k`'s entry among per-step parts: 0 when shared, else its slot in the schedule (or k)."""
+        if not per_step:
             return 0
         if self.depformer_weights_per_step_schedule is not None:
             return self.depformer_weights_per_step_schedule[k]
         return k
+
+    def depformer_weight_index(self, k: int) -> int:
+        """Index of the per-step weight set that depformer codebook `k` uses."""
+        return self._scheduled_index(k, self.depformer_weights_per_step)
 
     @property
     def depformer_num_weight_sets(self) -> int:
@@ -212,11 +216,7 @@ class LmConfig:
 
     def depformer_in_index(self, k: int) -> int:
         """Index of the `depformer_in` projection that codebook `k` uses."""
-        if not self.depformer_multi_linear:
-            return 0
-        if self.depformer_weights_per_step_schedule is not None:
-            return self.depformer_weights_per_step_schedule[k]
-        return k
+        return self._scheduled_index(k, self.depformer_multi_linear)
 
 
 MOSHI_7B = LmConfig()
