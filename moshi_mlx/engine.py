@@ -102,7 +102,7 @@ class Engine:
         if moshi is None:
             pcm, frame_codes = np.zeros(FRAME_SIZE, dtype=np.float32), None
         else:
-            pcm, frame_codes = pcm[0, 0].astype(np.float32), moshi[0]
+            pcm, frame_codes = pcm[0, 0], moshi[0]  # float32 already (read as one float32 array)
         self.frame += 1
         return StepResult(pcm, shown, token, frame_codes)
 
