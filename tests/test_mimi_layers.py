@@ -170,3 +170,26 @@ def test_transformer_has_no_position_limit():
     assert late.offset == 20_024 and np.isfinite(later).all()
     np.testing.assert_allclose(later[:, 12:], fresh[:, 12:], atol=1e-4)
     assert np.abs(later[:, 12:] - fresh[:, 12:]).max() > 0  # really a different position, not a no-op
+
+
+# ------------------------------------------------------------------------------------------ checkpoint layout
+
+
+def test_published_checkpoint_layout():
+    """Our key map covers exactly the published file's 318 tensors (checked once against moshi 0.2.13)."""
+    from moshi_mlx.mimi import Mimi
+    from moshi_mlx.mimi.weights import pytorch_state_dict
+
+    shapes = {k: tuple(v.shape) for k, v in pytorch_state_dict(Mimi(MimiConfig.published())).items()}
+    assert len(shapes) == 318
+    assert shapes["encoder.model.0.conv.conv.weight"] == (64, 1, 7)
+    assert shapes["encoder.model.12.conv.conv.weight"] == (1024, 512, 16)
+    assert shapes["decoder.model.2.convtr.convtr.weight"] == (1024, 512, 16)
+    assert shapes["decoder.model.14.conv.conv.bias"] == (1,)
+    assert shapes["downsample.conv.conv.conv.weight"] == (512, 512, 4)
+    assert shapes["upsample.convtr.convtr.convtr.weight"] == (512, 1, 4)
+    assert shapes["encoder_transformer.transformer.layers.7.self_attn.in_proj_weight"] == (1536, 512)
+    assert shapes["decoder_transformer.transformer.layers.0.layer_scale_2.scale"] == (512,)
+    assert shapes["quantizer.rvq_first.input_proj.weight"] == (256, 512, 1)
+    assert shapes["quantizer.rvq_rest.vq.layers.30._codebook.embedding_sum"] == (2048, 256)
+    assert "quantizer.rvq_rest.vq.layers.31._codebook.cluster_usage" not in shapes  # 1 + 31 codebooks
