@@ -15,6 +15,9 @@ launches on a GPU). Ours runs twice: on our MLX and, as `ours@ref`, on the refer
 the version moshi_mlx runs on, so that one row compares like with like. Each side runs `--rounds`
 times, alternating, and the round with the best median is kept; the median CPU time per step (all
 threads of the worker) is printed too, as it depends less on the machine's other load than wall time.
+`--blas openblas` runs every worker on Debian's OpenBLAS (app/blas.py); `--bandwidth GB/s` adds the share of
+that memory bandwidth the step reaches, reading each weight once (embedding tables excluded: a step reads
+one row of each).
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    from app import blas
+except ImportError:  # a worker in Kyutai's environment, run as a script: app/ is on sys.path
+    import blas
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REF_PYTHON = REPO / ".ref" / "mlx" / "bin" / "python"
@@ -127,10 +135,10 @@ def _user_codes(steps: int, card: int, seed: int = 1):
 
 def worker_ours(file: str, config: str, steps: int, warmup: int) -> dict:
     sys.path.insert(0, str(REPO))
-    from moshi_mlx.lm import load_lm
+    from moshi_mlx.lm import Generator, load_lm
 
     model = load_lm(file, config=config)
-    gen = model.generator(text_temp=0, audio_temp=0, seed=0)
+    gen = Generator(model, text_temp=0, audio_temp=0, seed=0)
     codes = _user_codes(steps + warmup, model.config.card)
     for t in range(warmup):
         gen.step(codes[t][None])
@@ -220,9 +228,9 @@ def worker_theirs(file: str, config: str, steps: int, warmup: int, quant: list |
     return {"times": times, "syncs": syncs["n"] / steps, "graph_ops": ops}
 
 
-def _run_worker(python: str, args: list[str]) -> dict:
+def _run_worker(python: str, args: list[str], env: dict[str, str]) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", *args]
-    env = dict(os.environ)
+    env = dict(env)
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/")
     if proc.returncode != 0:
@@ -249,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="time an existing folder (Kyutai MLX layout + config.json, e.g. a 7B from "
                              "moshi-mlx-convert) instead of generated configs; its precisions present are run")
+    parser.add_argument("--only", default=None, help="rows to run, comma-separated: ours,ours@ref,moshi_mlx")
+    parser.add_argument("--bandwidth", type=float, default=None, metavar="GB/s",
+                        help="nominal memory bandwidth: adds weight GB read per step and %% of this roofline")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    blas.add_argument(parser)
     parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -263,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         scale = 1 if sys.platform == "darwin" else 1024
         import mlx.core as mx
 
-        result["mlx"] = mx.__version__
+        result["mlx"] = f"{mx.__version__} {mx.default_device().type.name}"
+        result["blas"] = blas.probe()
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
         print(json.dumps(result))
         return 0

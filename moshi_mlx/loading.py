@@ -23,10 +23,11 @@ class LoadedModel:
     tokenizer: object | None
     files: CheckpointFiles
 
-    def engine(self, sampling=None):
+    def engine(self, sampling=None, codec_device: str = "auto"):
+        """A conversation on this model (see `moshi_mlx.engine.Engine`)."""
         from .engine import Engine
 
-        return Engine(self.lm, self.mimi, self.tokenizer, sampling)
+        return Engine(self.lm, self.mimi, self.tokenizer, sampling, codec_device)
 
 
 def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=None) -> LoadedModel:

@@ -22,7 +22,7 @@ from convert.pipeline import Options, run
 from convert.safetensors_stream import OutputSpec, SequentialWriter, TensorReader, read_header
 from moshi_mlx.checkpoint import resolve
 from moshi_mlx.constants import LM_FILES, MIMI_FILE, TEXT_TOKENIZER_FILE
-from moshi_mlx.lm import LmConfig, load_lm
+from moshi_mlx.lm import Generator, LmConfig, load_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 LM_TINY = ROOT / "tests" / "fixtures" / "lm_tiny"
@@ -75,7 +75,7 @@ def assert_same_tensors(ours: Path, reference: Path) -> None:
 
 
 def greedy_logits(model, user_codes: np.ndarray) -> np.ndarray:
-    gen = model.generator(text_temp=0.0, audio_temp=0.0, seed=0)
+    gen = Generator(model, text_temp=0.0, audio_temp=0.0, seed=0)
     out = []
     for t in range(STEPS):
         _, _, (text_logits, audio_logits) = gen.step(user_codes[t][None], return_logits=True)

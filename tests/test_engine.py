@@ -59,3 +59,76 @@ def test_one_host_sync_per_step(model):
             result = engine.step(pcm[i * FRAME_SIZE:(i + 1) * FRAME_SIZE])
             assert result.moshi_codes is not None
     assert count["n"] == 5, f"{count['n']} host syncs in 5 engine steps"
+
+
+def test_stream_equals_step_loop(model):
+    """The pipelined engine gives exactly the serial loop's tokens, codes and audio, in input order."""
+    pcm = voice_like(20)
+    frames = [pcm[i * FRAME_SIZE:(i + 1) * FRAME_SIZE] for i in range(20)]
+    engine = model.engine(SamplingParams(seed=7))
+    serial = [engine.step(f) for f in frames]
+    serial_words = [w.text for w in engine.words(final=True)]
+
+    engine.reset(seed=7)
+    streamed = list(engine.stream(iter(frames)))
+    assert len(streamed) == 20
+    assert [r.text_token for r in streamed] == [r.text_token for r in serial]
+    assert [r.text for r in streamed] == [r.text for r in serial]
+    for a, b in zip(streamed, serial):
+        assert (a.moshi_codes is None) == (b.moshi_codes is None)
+        if a.moshi_codes is not None:
+            np.testing.assert_array_equal(a.moshi_codes, b.moshi_codes)
+        np.testing.assert_array_equal(a.pcm, b.pcm)
+        assert a.latency_s is not None and a.latency_s > 0 and b.latency_s is None
+    assert np.abs(np.concatenate([r.pcm for r in streamed])).max() > 1e-3
+    assert [w.text for w in engine.words(final=True)] == serial_words
+
+    # The conversation carries on serially from where the pipeline left it (state settled).
+    engine.reset(seed=7)
+    head = list(engine.stream(iter(frames[:12])))
+    tail = [engine.step(f) for f in frames[12:]]
+    assert [r.text_token for r in head + tail] == [r.text_token for r in serial]
+    np.testing.assert_array_equal(np.concatenate([r.pcm for r in head + tail]),
+                                  np.concatenate([r.pcm for r in serial]))
+
+
+def test_stream_runs_the_stages_concurrently(model):
+    """Frame 0's decode cannot finish until frame 2 is being encoded: a serial loop would never get there."""
+    import threading
+
+    engine = model.engine(SamplingParams(seed=1))
+    encoding_frame_2 = threading.Event()
+    encoded = []
+    real_encode, real_decode = engine.encode, engine.decode
+
+    def encode(frame):
+        encoded.append(len(encoded))
+        if len(encoded) == 3:
+            encoding_frame_2.set()
+        return real_encode(frame)
+
+    def decode(codes):
+        assert encoding_frame_2.wait(30), "the encode stage did not run ahead of the decode stage"
+        return real_decode(codes)
+
+    engine.encode, engine.decode = encode, decode
+    pcm = voice_like(6)
+    results = list(engine.stream(pcm[i * FRAME_SIZE:(i + 1) * FRAME_SIZE] for i in range(6)))
+    assert len(results) == 6
+
+
+def test_stream_stops_early_and_reports_errors(model):
+    engine = model.engine(SamplingParams(seed=1))
+    pcm = voice_like(8)
+    frames = [pcm[i * FRAME_SIZE:(i + 1) * FRAME_SIZE] for i in range(8)]
+    it = engine.stream(iter(frames))
+    first = [next(it) for _ in range(2)]
+    it.close()  # the stages stop; the engine stays usable
+    assert len(first) == 2
+    engine.reset()
+    assert len(list(engine.stream(iter(frames)))) == 8
+
+    bad = frames[:3] + [np.zeros(100, np.float32)]
+    engine.reset()
+    with pytest.raises(ValueError, match="a frame is 1920 samples"):
+        list(engine.stream(iter(bad)))

@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from moshi_mlx.lm import Lm, LmConfig
+from moshi_mlx.lm import Generator, Lm, LmConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lm_tiny"
 
@@ -49,7 +49,7 @@ def run_steps(model: Lm, user: np.ndarray, *, forced: tuple[np.ndarray, np.ndarr
     `forced` = (text `[T]`, audio `[T, dep_q]`) teacher-forces every step (batch 1).
     """
     gen_kwargs = {"text_temp": 0.0, "audio_temp": 0.0, "seed": 0, **gen_kwargs}
-    gen = model.generator(batch_size=batch_size, **gen_kwargs)
+    gen = Generator(model, batch_size=batch_size, **gen_kwargs)
     texts, frames, text_logits, audio_logits = [], [], [], []
     for t in range(len(user)):
         codes = user[t] if user.ndim == 3 else user[t][None]

@@ -10,7 +10,7 @@ import textwrap
 SCRIPT = textwrap.dedent("""
     import json, resource, sys
     import mlx.core as mx, numpy as np
-    from moshi_mlx.lm import LmConfig
+    from moshi_mlx.lm import Generator, LmConfig
     from moshi_mlx.lm.model import Lm
 
     def peak_mb():
@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
                                   depformer_dim_feedforward=96))
     mx.random.seed(0)
     lm = Lm(cfg)
-    gen = lm.generator(text_temp=0, audio_temp=0, seed=0)
+    gen = Generator(lm, text_temp=0, audio_temp=0, seed=0)
     rng = np.random.default_rng(0)
     user = rng.integers(0, cfg.card, size=(5000, 1, cfg.user_q)).astype(np.int32)
     out = {}

@@ -8,7 +8,7 @@ import pytest
 from test_lm_common import frames_from_raw, run_steps, tiny_model
 
 from app.bench_lm import counting_syncs
-from moshi_mlx.lm import delayed_inputs
+from moshi_mlx.lm import Generator, delayed_inputs
 
 STEPS = 24
 TOL = 1e-4
@@ -58,11 +58,11 @@ def test_forward_temporal_with_cache_equals_full_sequence():
 def test_generator_takes_a_fresh_cache_only():
     model = tiny_model()
     cache = model.make_cache(2)
-    gen = model.generator(batch_size=2, cache=cache)
+    gen = Generator(model, batch_size=2, cache=cache)
     assert gen.cache is cache
     gen.step(np.zeros((2, 8), np.int32))
     with pytest.raises(ValueError):
-        model.generator(batch_size=2, cache=cache)
+        Generator(model, batch_size=2, cache=cache)
 
 
 @pytest.mark.parametrize("delays", [None, DELAYS_2], ids=["7b", "delay-2"])
@@ -131,7 +131,7 @@ def test_top_k_one_is_greedy():
 
 def test_one_host_sync_per_step():
     model = tiny_model()
-    gen = model.generator(text_temp=0.7, audio_temp=0.8, seed=0)
+    gen = Generator(model, text_temp=0.7, audio_temp=0.8, seed=0)
     user = _user(6, model.config.card)
     gen.step(user[0][None])  # compile outside the count
     with counting_syncs() as count:
@@ -142,7 +142,7 @@ def test_one_host_sync_per_step():
 
 def test_bad_user_codes_raise_one_line_errors():
     model = tiny_model()
-    gen = model.generator(batch_size=2)
+    gen = Generator(model, batch_size=2)
     for bad in (np.zeros((1, 8), np.int32), np.zeros((2, 3), np.int32), np.zeros((2, 8), np.float32),
                 np.full((2, 8), 10_000, np.int32)):
         with pytest.raises(ValueError) as err:
@@ -154,8 +154,8 @@ def test_generators_share_compiled_steps_but_see_new_weights():
     model = tiny_model()
     user = _user(4, model.config.card)
     before = run_steps(model, user)
-    assert model.generator(text_temp=0.0, audio_temp=0.0)._step_compiled is \
-        model.generator(text_temp=0.0, audio_temp=0.0)._step_compiled
+    assert Generator(model, text_temp=0.0, audio_temp=0.0)._step_compiled is \
+        Generator(model, text_temp=0.0, audio_temp=0.0)._step_compiled
     model.text_linear.weight = -model.text_linear.weight  # compiled graphs hold the old arrays as constants
     after = run_steps(model, user)
     np.testing.assert_allclose(after["text_logits"][0][0], -before["text_logits"][0][0], atol=TOL, rtol=0)

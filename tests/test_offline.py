@@ -112,11 +112,16 @@ def test_transcript_times_follow_the_frames_that_made_the_words(tiny_checkpoint,
     tok = model.tokenizer
     hello, fox = tok.encode("hello"), tok.encode("fox")
     seq = [TEXT_PAD] * 3 + [TEXT_EPAD] + hello + [TEXT_PAD] * 4 + fox + [TEXT_PAD] * 3
-    real = model.lm.generator
+    import moshi_mlx.engine
+
+    real = moshi_mlx.engine.Generator
 
     class Forced:
-        def __init__(self, **kw):
-            self.inner, self.t = real(**kw), 0
+        def __init__(self, lm, **kw):
+            self.inner, self.t = real(lm, **kw), 0
+
+        def settle(self):
+            self.inner.settle()
 
         def step(self, user):
             _, moshi = self.inner.step(user)
@@ -124,7 +129,7 @@ def test_transcript_times_follow_the_frames_that_made_the_words(tiny_checkpoint,
             self.t += 1
             return np.array([token], dtype=np.int32), moshi
 
-    monkeypatch.setattr(model.lm, "generator", Forced)
+    monkeypatch.setattr(moshi_mlx.engine, "Generator", Forced)
     result = model.engine().run_offline(np.zeros(len(seq) * FRAME_SIZE, np.float32))
     assert [w.text for w in result.words] == ["hello", "fox"]
     assert result.words[0].start_frame == 4 and result.words[0].start == pytest.approx(4 * 0.08)

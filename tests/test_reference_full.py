@@ -60,12 +60,12 @@ def test_published_mimi_decodes_like_pytorch():
 def test_mid_size_lm_greedy_matches_pytorch():
     import mlx.core as mx
 
-    from moshi_mlx.lm import load_lm
+    from moshi_mlx.lm import Generator, load_lm
 
     d = full_fixture_dir("lm_mid")
     g = _golden(d)
     lm = load_lm(d / "model.safetensors", dtype=mx.float32)
-    gen = lm.generator(text_temp=0, audio_temp=0, seed=0)
+    gen = Generator(lm, text_temp=0, audio_temp=0, seed=0)
     text, audio, tl, al = [], [], [], []
     for codes in g["user_codes"]:
         t, _, (text_logits, audio_logits) = gen.step(codes[None], return_logits=True)

@@ -117,7 +117,7 @@ class _Step:
 class Generator:
     """Runs the LM one frame at a time.
 
-        gen = model.generator(seed=0)
+        gen = Generator(model, seed=0)
         for user_frame in frames:              # [B, 8] ints per 80 ms
             text, moshi_frame = gen.step(user_frame)
 
@@ -168,6 +168,19 @@ class Generator:
         self._step = 0
         self._pending: _Step | None = None
         self._overlap = mx.default_device().type == mx.DeviceType.gpu
+
+    def settle(self) -> None:
+        """Evaluates all state (caches, the queued next step, histories, the random key).
+
+        MLX arrays still lazy belong to the stream of the thread that built them; after this, another
+        thread can carry on the conversation.
+        """
+        arrays = [self._key, self._initial_user, *self._user_history, *self._audio_history]
+        arrays += [a for c in self.cache for a in (c.keys, c.values)]
+        if self._pending is not None:
+            p = self._pending
+            arrays += [p.h, p.text_logits, p.text, p.audio, p.audio_logits]
+        mx.eval(arrays)
 
     @property
     def step_index(self) -> int:

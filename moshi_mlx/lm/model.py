@@ -14,7 +14,6 @@ import mlx.nn as nn
 from .cache import KVCache, make_kv_caches
 from .config import LmConfig
 from .depformer import Depformer, Sampler
-from .generate import Generator
 from .transformer import RMSNorm, Transformer, embed
 
 
@@ -27,7 +26,8 @@ class Lm(nn.Module):
     """Moshi's LM (temporal transformer + depth transformer).
 
     Streaming state lives outside: `make_cache()` builds the temporal transformer's KV caches, and
-    `moshi_mlx.lm.generate.Generator` (from `generator()`) handles delays and sampling.
+    `moshi_mlx.lm.generate.Generator(model, ...)` handles delays and sampling (generation is kept
+    apart from the model, which knows nothing of it).
 
     Args:
         config: The architecture.
@@ -125,7 +125,3 @@ class Lm(nn.Module):
         flat = step_tokens.reshape(b * t, -1)
         _, audio_logits = self.depformer(flat_h, flat[:, 0], forced=flat[:, 1:])
         return text_logits, audio_logits.reshape(b, t, *audio_logits.shape[1:])
-
-    def generator(self, **kwargs) -> Generator:
-        """A streaming generator for this model; keyword arguments as `Generator`'s."""
-        return Generator(self, **kwargs)
