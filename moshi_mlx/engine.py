@@ -41,6 +41,12 @@ class StepResult:
     text_token: int
     moshi_codes: np.ndarray | None  # int32 [dep_q] of the frame decoded this step, or None
     latency_s: float | None = None  # `Engine.stream`: from the frame's arrival to its result
+    stage_ms: tuple[float, ...] | None = None  # `Engine.stream`: encode, LM and decode compute times
+
+    @property
+    def compute_ms(self) -> float | None:
+        """The frame's compute time that limits throughput: the slowest stage (pipelined)."""
+        return max(self.stage_ms) if self.stage_ms else None
 
 
 class Engine:
@@ -154,13 +160,13 @@ class Engine:
         return np.array(self.mimi.decode_step(codes, self.decode_state, check_range=False)[0, 0])
 
     def finish(self, token: int, moshi_codes: np.ndarray | None, pcm: np.ndarray | None,
-               latency_s: float | None = None) -> StepResult:
+               latency_s: float | None = None, stage_ms: tuple[float, ...] | None = None) -> StepResult:
         """Last, in frame order: the text shown for the token, and the frame's result."""
         shown = self.text.push(token, self.frame) if self.text is not None else None
         self.frame += 1
         if pcm is None:
             pcm = np.zeros(FRAME_SIZE, dtype=np.float32)
-        return StepResult(pcm, shown, token, moshi_codes, latency_s)
+        return StepResult(pcm, shown, token, moshi_codes, latency_s, stage_ms)
 
     def settle(self) -> None:
         """Evaluates every piece of streaming state, so that any thread can carry on from it."""

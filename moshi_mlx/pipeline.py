@@ -123,15 +123,21 @@ def run_pipeline(engine: "Engine", frames: Iterable[np.ndarray]) -> Iterator["St
 
     def encode(item):
         t_in, frame = item
-        return t_in, engine.encode(frame)
+        t0 = time.perf_counter()
+        codes = engine.encode(frame)
+        return t_in, (time.perf_counter() - t0,), codes
 
     def lm_step(item):
-        t_in, codes = item
-        return (t_in, *engine.lm_step(codes))
+        t_in, took, codes = item
+        t0 = time.perf_counter()
+        token, moshi_codes = engine.lm_step(codes)
+        return t_in, took + (time.perf_counter() - t0,), token, moshi_codes
 
     def decode(item):
-        t_in, token, moshi_codes = item
-        return t_in, token, moshi_codes, engine.decode(moshi_codes)
+        t_in, took, token, moshi_codes = item
+        t0 = time.perf_counter()
+        pcm = engine.decode(moshi_codes)
+        return t_in, took + (time.perf_counter() - t0,), token, moshi_codes, pcm
 
     codec, lm = engine.codec_device, engine.lm_device
     stages = [
@@ -150,8 +156,9 @@ def run_pipeline(engine: "Engine", frames: Iterable[np.ndarray]) -> Iterator["St
                 break
             if item is _END:
                 break
-            t_in, token, moshi_codes, pcm = item
-            yield engine.finish(token, moshi_codes, pcm, latency_s=time.perf_counter() - t_in)
+            t_in, took, token, moshi_codes, pcm = item
+            yield engine.finish(token, moshi_codes, pcm, latency_s=time.perf_counter() - t_in,
+                                stage_ms=tuple(1000.0 * t for t in took))
     finally:
         stop.set()
         for s in stages:

@@ -126,7 +126,7 @@ def test_recording_is_complete_after_an_error_mid_session():
     session = DuplexSession(step, record=True)
     dev.run(session)
     assert isinstance(session.error, RuntimeError)
-    rec = session.recording()
+    rec = np.concatenate(session.drain_recording())
     n = len(dev.played) * FRAME_SIZE
     assert rec.shape == (n, 2)
     np.testing.assert_array_equal(rec[:, 0], x[:n])  # every microphone sample the device delivered

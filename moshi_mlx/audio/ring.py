@@ -25,6 +25,11 @@ class SampleRing:
         """Samples ready to read."""
         return self._written - self._read
 
+    @property
+    def total_written(self) -> int:
+        """Samples ever written: the stream position of the next sample written."""
+        return self._written
+
     def space(self) -> int:
         """Samples that can be written without overwriting unread ones."""
         return self.capacity - self.available()
