@@ -1,9 +1,11 @@
-"""moshi-mlx-chat: talk with Moshi through your microphone and speakers.
+"""moshi-mlx-chat: talk with Moshi through your microphone and speakers (no headphones needed).
 
-One process, one duplex sound stream whose callback only copies, one inference thread. The model is
-loaded, compiled and warmed up before the stream opens. Ctrl-C ends the conversation; with --record, a
-stereo WAV (microphone left, Moshi right, one timeline) and the timed transcript are written even if
-something failed mid-session.
+One process, one duplex sound stream whose callback only copies. Moshi's echo is cancelled from the
+microphone (WebRTC AEC3; --echo-cancel off to skip it). Mimi encode, the LM step and Mimi decode of
+successive frames run pipelined on three threads, so a frame costs the slowest of them. The model is
+loaded, compiled and warmed up before the stream opens. Ctrl-C ends the conversation; with --record DIR,
+the WAV (mic after echo cancellation, Moshi, raw mic) and the timed transcript are written as the
+conversation goes, so a crash loses at most the last two seconds.
 """
 
 from __future__ import annotations
@@ -49,7 +51,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-device", default=None, help="speaker: index or name (see --list-devices)")
     p.add_argument("--list-devices", action="store_true", help="list sound devices and exit")
     p.add_argument("--record", type=Path, default=None, metavar="DIR",
-                   help="write the conversation (stereo WAV + transcript JSON) into DIR")
+                   help="write the conversation into DIR as it goes (created if missing): a WAV with the "
+                   "microphone after echo cancellation, Moshi and the raw microphone, and the timed transcript")
+    p.add_argument("--echo-cancel", choices=["on", "off"], default="on",
+                   help="cancel Moshi's voice from the microphone, so it does not answer itself through "
+                   "the speakers (default: on; off with headphones saves ~1 ms per frame)")
+    p.add_argument("--engine", choices=["pipelined", "serial"], default="pipelined",
+                   help="pipelined: encode, LM and decode of successive frames on three threads (default); "
+                   "serial: one thread, a frame costs their sum")
+    p.add_argument("--codec-device", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="where Mimi runs: auto = the CPU when the LM is on Apple-Silicon's GPU (shared "
+                   "memory, the GPU left to the LM), else the LM's device")
     add_sampling_args(p)
     p.add_argument("--max-backlog", type=int, default=3,
                    help="frames of input allowed to wait before old ones are skipped (default: 3)")
@@ -57,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="stop if the microphone gives exact digital silence this long (default: 6 s)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--stats-log", type=Path, default=None, metavar="CSV",
-                   help="append session statistics (step time, backlog, xruns, memory) every 10 s")
+                   help="append session statistics every 10 s to CSV (appends to an existing file): step "
+                   "time, latency, echo reduction, backlog, xruns, memory")
     p.add_argument("--quiet", action="store_true", help="no live view: print Moshi's text only")
     a = p.parse_args(argv)
     if a.model is None:
@@ -104,25 +117,13 @@ def open_stream_settings(sd, a):
     return devices, rate, block, info
 
 
-def write_recording(session, engine, args, started: datetime) -> list[Path]:
-    """Stereo WAV + transcript, atomically; called on every exit path."""
-    from moshi_mlx.audio import write_wav
-
-    args.record.mkdir(parents=True, exist_ok=True)
-    stem = args.record / f"moshi-{started:%Y%m%d-%H%M%S}"
-    audio = session.recording()
-    wav = stem.with_suffix(".wav")
-    write_wav(wav, audio, session.device_rate)
-    words = engine.words(final=True)
-    data = {"model": str(args.model), "seed": args.seed, "sample_rate": session.device_rate,
-            "seconds": round(len(audio) / session.device_rate, 3), "frame_rate": FRAME_RATE,
+def transcript_data(engine, args, sample_rate: int, seconds: float) -> dict:
+    """The timed transcript of the conversation so far (written beside the WAV)."""
+    words = engine.words()
+    return {"model": str(args.model), "seed": args.seed, "sample_rate": sample_rate,
+            "seconds": round(seconds, 3), "frame_rate": FRAME_RATE,
             "text": " ".join(w.text for w in words),
             "words": [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in words]}
-    js = stem.with_suffix(".json")
-    tmp = js.with_name(js.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, js)
-    return [wav, js]
 
 
 def run(a: argparse.Namespace) -> int:
@@ -132,8 +133,13 @@ def run(a: argparse.Namespace) -> int:
         return 0
     devices, rate, block, device_info = open_stream_settings(sd, a)  # fail fast, before the model loads
     sampling = sampling_from_args(a)
+    record_stem = check_outputs(a)
+    echo = make_echo_canceller(a, rate, block)
     model = load_model(a, quiet=a.quiet)
-    engine = model.engine(sampling)
+    try:
+        engine = model.engine(sampling, codec_device=a.codec_device)
+    except ValueError as e:
+        fail(str(e))
 
     from app.duplex import DuplexSession
 
@@ -148,12 +154,14 @@ def run(a: argparse.Namespace) -> int:
         r = engine.step(frame)
         return r.pcm, r.text
 
-    session = DuplexSession(step, device_rate=rate, block_size=block, max_backlog_frames=a.max_backlog,
-                            record=a.record is not None, on_text=on_text)
+    model_io = dict(stream=engine.stream) if a.engine == "pipelined" else dict(step=step)
+    session = DuplexSession(**model_io, device_rate=rate, block_size=block, max_backlog_frames=a.max_backlog,
+                            record=record_stem is not None, echo=echo, on_text=on_text)
     stop, ready, go = threading.Event(), threading.Event(), threading.Event()
 
     def inference() -> None:
-        """All model work happens on this thread, warm-up included (MLX streams belong to a thread)."""
+        """The model's output side runs here, warm-up included (MLX streams belong to a thread); the
+        pipelined engine adds its stage threads."""
         import mlx.core as mx
 
         try:
@@ -170,8 +178,8 @@ def run(a: argparse.Namespace) -> int:
         if not stop.is_set():
             session.run(stop)
 
-    worker = threading.Thread(target=inference, name="moshi-inference", daemon=True)
-    started = datetime.now()
+    worker = threading.Thread(target=inference, name="moshi-inference")
+    recorder = None
     error: str | None = None
     code = 0
     try:
@@ -180,6 +188,9 @@ def run(a: argparse.Namespace) -> int:
         worker.start()
         ready.wait()
         if session.error is None:
+            if record_stem is not None:
+                recorder = SessionRecording(record_stem, rate, 3 if echo is not None else 2,
+                                            lambda seconds: transcript_data(engine, a, rate, seconds))
             try:
                 stream = sd.Stream(samplerate=rate, blocksize=block, device=devices, channels=1,
                                    dtype="float32", callback=session.callback)
@@ -188,25 +199,23 @@ def run(a: argparse.Namespace) -> int:
             with stream:
                 go.set()
                 print(f"listening: {device_info}", file=sys.stderr, flush=True)
-                error = _ui_loop(a, session, stream, stop, transcript, device_info)
+                error = _ui_loop(a, session, stream, stop, transcript, device_info, recorder)
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
         go.set()
-        if worker.is_alive():
-            worker.join(timeout=10)
-        if a.record is not None:
-            paths = write_recording(session, engine, a, started)
+        worker.join()
+        if recorder is not None:
+            session.flush_input()
+            recorder.write(session.drain_recording())
+            paths = recorder.close(transcript_data(engine, a, rate, recorder.seconds) | _final_words(engine))
             if not a.quiet:
                 print("recorded: " + ", ".join(str(p) for p in paths), file=sys.stderr)
     if a.quiet:
         print()
-    st = session.stats
-    summary = (f"{st.frames_in} frames ({st.frames_in / FRAME_RATE:.1f} s), {st.skipped_frames} skipped, "
-               f"{st.callbacks} callbacks, {st.xruns} xruns, {st.speaker_underruns} speaker underruns, "
-               f"mean step {st.mean_step_ms:.1f} ms")
-    print(summary, file=sys.stderr)
+    session.latency.resolve()
+    print(session_summary(session), file=sys.stderr)
     if session.error is not None:
         print(f"error: the model step failed: {type(session.error).__name__}: {session.error}", file=sys.stderr)
         code = EXIT_SESSION_ERROR
@@ -216,23 +225,104 @@ def run(a: argparse.Namespace) -> int:
     return code
 
 
-def _ui_loop(a, session, stream, stop: threading.Event, transcript: list[str], device_info: str) -> str | None:
-    """Main thread: refresh the view, drain the recording, watch for silence, device loss and time limits."""
+def _final_words(engine) -> dict:
+    words = engine.words(final=True)
+    return {"text": " ".join(w.text for w in words),
+            "words": [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in words]}
+
+
+def session_summary(session) -> str:
+    st = session.stats
+    lat = session.latency.summary()
+    latency = f"latency median {lat[0]:.0f} ms, p90 {lat[1]:.0f} ms" if lat else "latency not measured"
+    echo = ""
+    if st.echo_cancel:
+        echo = (f", echo reduction {st.echo_reduction_db:.1f} dB" if st.echo_reduction_db is not None
+                else ", echo cancellation on")
+    return (f"{st.frames_in} frames ({st.frames_in / FRAME_RATE:.1f} s), {st.skipped_frames} skipped, "
+            f"{st.callbacks} callbacks, {st.xruns} xruns, {st.speaker_underruns} speaker underruns, "
+            f"mean step {st.mean_step_ms:.1f} ms, {latency}{echo}")
+
+
+def check_outputs(a: argparse.Namespace) -> Path | None:
+    """Checks --record and --stats-log before the model loads; returns the recording's path stem."""
+    from app.recording import RecordingError, check_record_dir, session_stem
+
+    stem = None
+    if a.record is not None:
+        try:
+            stem = session_stem(check_record_dir(a.record), datetime.now())
+        except RecordingError as e:
+            fail(str(e))
+    if a.stats_log is not None:
+        log = a.stats_log
+        if log.is_dir():
+            fail(f"--stats-log {log} is a folder; give a CSV file path")
+        if not log.parent.is_dir():
+            fail(f"--stats-log {log}: the folder {log.parent} does not exist")
+        if not os.access(log.parent if not log.exists() else log, os.W_OK):
+            fail(f"--stats-log {log}: not writable")
+    return stem
+
+
+def make_echo_canceller(a: argparse.Namespace, rate: int, block: int):
+    if a.echo_cancel == "off":
+        return None
+    from app.echo import EchoCanceller, EchoUnavailable
+
+    try:
+        return EchoCanceller(rate, block_size=block)
+    except EchoUnavailable as e:
+        fail(f"{e}; or run with --echo-cancel off and use headphones")
+
+
+class SessionRecording:
+    """The --record files: the WAV written as blocks come (main thread), the transcript every few seconds."""
+
+    def __init__(self, stem: Path, rate: int, channels: int, transcript):
+        from app.recording import JsonSnapshots, Recorder
+
+        self.wav, self.json = stem.with_suffix(".wav"), stem.with_suffix(".json")
+        self.rate = rate
+        self.wave = Recorder(self.wav, rate, channels)
+        self.snapshots = JsonSnapshots(self.json, lambda: transcript(self.seconds))
+
+    @property
+    def seconds(self) -> float:
+        return self.wave.seconds
+
+    def write(self, blocks) -> None:
+        for b in blocks:
+            self.wave.write(b)
+        self.snapshots.maybe_write()
+
+    def close(self, final: dict) -> list[Path]:
+        from app.recording import write_json_atomic
+
+        self.wave.close()
+        write_json_atomic(self.json, final)
+        return [*self.wave.paths, self.json]
+
+
+def _ui_loop(a, session, stream, stop: threading.Event, transcript: list[str], device_info: str,
+             recorder: SessionRecording | None) -> str | None:
+    """Main thread: refresh the view, write the recording, watch for silence, device loss and time limits."""
     silence_frames = int(a.silence_timeout * FRAME_RATE)
     t0 = time.monotonic()
-    stats_log = StatsLog(a.stats_log, session.stats, t0) if a.stats_log is not None else None
+    stats_log = StatsLog(a.stats_log, session, t0) if a.stats_log is not None else None
     live = None
     if not a.quiet:
         from rich.live import Live
 
         from app.view import render
 
-        live = Live(render("", session.stats, None, device_info), refresh_per_second=10, transient=False)
+        live = Live(render("", session, None, device_info), refresh_per_second=10, transient=False)
         live.start()
     try:
         while not stop.is_set():
             time.sleep(0.1)
-            session.drain_recording()
+            if recorder is not None:
+                recorder.write(session.drain_recording())
             warning = None
             if session.stats.silent_input_frames >= silence_frames > 0:
                 return ("the microphone gives only digital silence: on macOS allow your terminal to use it "
@@ -244,7 +334,7 @@ def _ui_loop(a, session, stream, stop: threading.Event, transcript: list[str], d
             if a.duration is not None and time.monotonic() - t0 >= a.duration:
                 return None
             if live is not None:
-                live.update(render("".join(transcript), session.stats, warning, device_info))
+                live.update(render("".join(transcript), session, warning, device_info))
             if stats_log is not None:
                 stats_log.maybe_write()
         return None
@@ -271,15 +361,16 @@ def rss_mb() -> float:
 
 
 class StatsLog:
-    """CSV lines every 10 s: for soak runs and for diagnosing a machine that cannot keep up."""
+    """CSV lines every 10 s, appended: for soak runs and for diagnosing a machine that cannot keep up."""
 
     PERIOD_S = 10.0
-    HEADER = "elapsed_s,frames,skipped,xruns,speaker_underruns,step_ms_recent,step_ms_mean,backlog,rss_mb\n"
+    HEADER = ("elapsed_s,frames,skipped,xruns,speaker_underruns,step_ms_recent,step_ms_mean,pipeline_ms_median,"
+              "frames_per_s,latency_ms_median,latency_ms_p90,echo_reduction_db,backlog,rss_mb\n")
 
-    def __init__(self, path: Path, stats, t0: float):
-        self.path, self.stats, self.t0 = path, stats, t0
+    def __init__(self, path: Path, session, t0: float):
+        self.path, self.session, self.t0 = path, session, t0
         self.next = t0 + self.PERIOD_S
-        if not path.exists():
+        if not path.exists() or path.stat().st_size == 0:
             path.write_text(self.HEADER)
 
     def maybe_write(self, force: bool = False) -> None:
@@ -287,12 +378,18 @@ class StatsLog:
         if not force and now < self.next:
             return
         self.next = now + self.PERIOD_S
-        st = self.stats
+        st = self.session.stats
         recent = list(st.step_ms)[-125:]
         recent_ms = sum(recent) / len(recent) if recent else 0.0
+        pipe = sorted(st.pipeline_ms)
+        pipe_ms = f"{pipe[len(pipe) // 2]:.1f}" if pipe else ""
+        lat = self.session.latency.summary()
+        lat_cols = f"{lat[0]:.0f},{lat[1]:.0f}" if lat else ","
+        erle = "" if st.echo_reduction_db is None else f"{st.echo_reduction_db:.1f}"
         with self.path.open("a") as f:
             f.write(f"{now - self.t0:.1f},{st.frames_in},{st.skipped_frames},{st.xruns},{st.speaker_underruns},"
-                    f"{recent_ms:.2f},{st.mean_step_ms:.2f},{st.backlog_frames},{rss_mb():.1f}\n")
+                    f"{recent_ms:.2f},{st.mean_step_ms:.2f},{pipe_ms},{st.frames_per_s:.2f},{lat_cols},{erle},"
+                    f"{st.backlog_frames},{rss_mb():.1f}\n")
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,8 @@ from moshi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
 class FakeDevice:
     """A duplex stream on a virtual clock: time only passes when the session sleeps or a step 'runs'."""
 
-    def __init__(self, signal: np.ndarray, rate: int = SAMPLE_RATE, block: int = FRAME_SIZE, flags=None):
+    def __init__(self, signal: np.ndarray, rate: int = SAMPLE_RATE, block: int = FRAME_SIZE, flags=None,
+                 latency: tuple[float, float] | None = None):
         self.signal, self.rate, self.block = signal.astype(np.float32), rate, block
         self.t = 0.0
         self.next_callback = 0.0
@@ -25,6 +26,7 @@ class FakeDevice:
         self.flags = flags or {}
         self.stop = threading.Event()
         self.session: DuplexSession | None = None
+        self.latency = latency  # (input, output) buffering in s: the callback then gets PortAudio-like times
 
     def advance(self, dt: float) -> None:
         self.t += dt
@@ -37,7 +39,12 @@ class FakeDevice:
             status = SimpleNamespace(input_overflow=False, input_underflow=False, output_overflow=False,
                                      output_underflow=n in self.flags.get("output_underflow", ()))
             out = np.full((self.block, 1), np.nan, dtype=np.float32)  # NaN: catches unwritten samples
-            self.session.callback(block[:, None].copy(), out, self.block, None, status)
+            times = None
+            if self.latency is not None:  # the block was captured before its callback and plays after it
+                due = self.next_callback
+                times = SimpleNamespace(inputBufferAdcTime=due - self.latency[0],
+                                        outputBufferDacTime=due + self.latency[1], currentTime=due)
+            self.session.callback(block[:, None].copy(), out, self.block, times, status)
             self.played.append(out[:, 0].copy())
             self.pos += self.block
             self.next_callback += self.block / self.rate
@@ -180,3 +187,77 @@ def test_slow_model_on_a_resampled_device_loses_nothing_it_keeps(rate):
     dev.run(session)
     assert session.stats.skipped_frames > 0 and session.stats.mic_dropped == 0
     assert session.error is None
+
+
+def test_stream_mode_answers_every_frame_in_order():
+    """The model given as a stream (as Engine.stream is): same echo as the per-frame step."""
+    x = tone(3.0)
+    dev = FakeDevice(x)
+
+    def stream(frames):
+        for frame in frames:
+            dev.advance(0.02)
+            yield SimpleNamespace(pcm=frame * 0.5, text=None, compute_ms=20.0, latency_s=0.02)
+
+    session = DuplexSession(stream=stream, record=True)
+    dev.run(session)
+    played = np.concatenate(dev.played)
+    lag = next(i for i, b in enumerate(dev.played) if np.abs(b).max() > 0) * FRAME_SIZE
+    np.testing.assert_allclose(played[lag:], 0.5 * x[:len(played) - lag], atol=1e-6)
+    assert session.stats.mean_step_ms == 20.0 and list(session.stats.pipeline_ms)[0] == 20.0
+    with pytest.raises(ValueError):
+        DuplexSession(echo_step(dev, 0.01), stream=stream)
+
+
+@pytest.mark.parametrize("device_times", [True, False])
+def test_latency_from_microphone_to_speaker(device_times):
+    """Each reply is timed from the capture of its frame's last sample to the playing of its first."""
+    buffering = (0.03, 0.05)
+    dev = FakeDevice(tone(4.0), latency=buffering if device_times else None)
+    session = DuplexSession(echo_step(dev, cost=0.01))
+    dev.run(session)
+    session.latency.resolve()
+    median, p90 = session.latency.summary()
+    assert session.latency.count >= len(dev.played) - 4
+    # A frame's last sample arrives with callback k (its ADC time: the block's start + 80 ms, minus the
+    # input buffering); the 10 ms step is done before callback k+1, 80 ms later, which plays the reply
+    # after the output buffering. So: the device's buffering only; the sample clock (no device times)
+    # sees just the frame and compute, which fit between two callbacks here.
+    expected = 1000 * sum(buffering) if device_times else 0.0
+    assert expected - 1 <= median <= p90 <= expected + 1, (median, p90, expected)
+    assert session.timing.has_device_times == device_times
+
+
+class SubtractingCanceller:
+    """Stands in for AEC3: removes the reference exactly (the test's echo path is the identity)."""
+
+    erle_db = 30.0
+
+    def __init__(self):
+        self.calls = 0
+
+    def process(self, near, far):
+        self.calls += 1
+        return near - 0.8 * far
+
+
+def test_echo_canceller_sees_every_block_and_the_recording_keeps_three_channels():
+    x = tone(6.0)
+    dev = FakeDevice(x)
+    canceller = SubtractingCanceller()
+
+    def slow(frame):
+        dev.advance(0.2)  # slower than real time: frames get skipped
+        return frame, None
+
+    session = DuplexSession(slow, echo=canceller, record=True, max_backlog_frames=2)
+    dev.run(session)
+    session.flush_input()
+    rec = np.concatenate(session.drain_recording())
+    assert session.stats.skipped_frames > 0
+    # every block the device gave went through the canceller, skipped ones included, in order
+    assert rec.shape == (len(dev.played) * FRAME_SIZE, 3)
+    np.testing.assert_array_equal(rec[:, 2], x[:len(rec)])  # raw microphone
+    np.testing.assert_array_equal(rec[:, 1], np.concatenate(dev.played))  # what the speaker got
+    np.testing.assert_allclose(rec[:, 0], rec[:, 2] - 0.8 * rec[:, 1], atol=1e-6)  # after cancellation
+    assert session.stats.echo_cancel and session.stats.echo_reduction_db == 30.0
