@@ -2,7 +2,10 @@
 
     moshi-mlx-bench lm   [--configs tiny,mid | --checkpoint DIR] [--precisions bf16,q8,q4] ...  (app/bench_lm.py)
     moshi-mlx-bench mimi [--reference-python PY] [--minutes N] [--only ROW ...] ...   (app/bench_mimi.py)
-    moshi-mlx-bench offline --checkpoint DIR [--seconds N]                       (app/bench_offline.py)
+    moshi-mlx-bench offline [--checkpoint DIR] [--seconds N]                     (app/bench_offline.py)
+    moshi-mlx-bench engine [--checkpoint DIR] [--frames N] [--realtime]          (app/bench_engine.py)
+
+Every one takes `--blas bundled|openblas` (Linux: the BLAS of every worker, both sides alike; app/blas.py).
 
 Kyutai's implementation runs in its own environment (`bash tests/reference/build_envs.sh` builds it in
 .ref/); numbers are printed, never asserted.
@@ -15,7 +18,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("lm", "mimi", "offline"):
+    if not argv or argv[0] not in ("lm", "mimi", "offline", "engine"):
         print(__doc__, file=sys.stderr)
         return 2
     what, rest = argv[0], argv[1:]
@@ -23,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         from app.bench_lm import main as run
     elif what == "mimi":
         from app.bench_mimi import main as run
+    elif what == "engine":
+        from app.bench_engine import main as run
     else:
         from app.bench_offline import main as run
     return run(rest)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -238,6 +237,18 @@ def _run_worker(python: str, args: list[str], env: dict[str, str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def weight_bytes_per_step(file: Path) -> int:
+    """Bytes of weights one LM step reads: every tensor of the safetensors file (read from its header) but
+    the embedding tables, of which a step reads one row each."""
+    import struct
+
+    with open(file, "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    header.pop("__metadata__", None)
+    return sum(end - start for name, info in header.items() for start, end in [info["data_offsets"]]
+               if not {"text_emb", "audio_embs", "emb"} & set(name.split(".")))
+
+
 def _stats(times: list[list[float]]) -> tuple[float, float, float]:
     """Median and p90 wall ms, median CPU ms."""
     wall = sorted(1000 * t[0] for t in times)
@@ -283,10 +294,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(REPO))
+    env, blas_header = blas.setup(args.blas)
+    labels = ("ours", "ours@ref", "moshi_mlx")
+    only = labels if args.only is None else tuple(args.only.split(","))
+    if set(only) - set(labels):
+        parser.error(f"--only: rows are {','.join(labels)}")
+    print(blas_header)
     print(f"{'config':6} {'prec':5} {'who':9} {'median ms':>9} {'p90 ms':>8} {'ratio':>6} {'cpu ms':>8} "
-          f"{'ratio':>6} {'rss MB':>8} {'syncs':>6} {'ops':>6}  mlx")
+          f"{'ratio':>6} {'rss MB':>8} {'syncs':>6} {'ops':>6}"
+          + (f" {'GB/step':>7} {'% BW':>5}" if args.bandwidth else "") + "  mlx")
     targets = [(args.checkpoint.name, args.checkpoint.resolve())] if args.checkpoint else [
         (name, args.out / f"lm_{name}") for name in args.configs.split(",")]
+    rows, checks = [], {}
     for name, folder in targets:
         if args.checkpoint is None:
             _make_checkpoints(name, folder)
@@ -296,22 +315,33 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             common = [str(folder / file), str(folder / "config.json"), str(args.steps), str(args.warmup),
                       json.dumps(quant)]
-            sides = (("ours", sys.executable, "ours"), ("ours@ref", args.ref_python, "ours"),
-                     ("moshi_mlx", args.ref_python, "theirs"))
+            sides = [side for side in (("ours", sys.executable, "ours"), ("ours@ref", args.ref_python, "ours"),
+                                       ("moshi_mlx", args.ref_python, "theirs")) if side[0] in only]
             runs = {label: [] for label, _, _ in sides}
             for _ in range(args.rounds):
                 for label, python, who in sides:
-                    runs[label].append(_run_worker(python, [who, *common]))
+                    runs[label].append(_run_worker(python, [who, *common], env))
             best = {label: min(results, key=lambda r: _stats(r["times"])[0]) for label, results in runs.items()}
-            their_med, _, their_cpu = _stats(best["moshi_mlx"]["times"])
+            their_med, _, their_cpu = _stats(best["moshi_mlx"]["times"]) if "moshi_mlx" in best else (0, 0, 0)
+            step_gb = weight_bytes_per_step(folder / file) / 1e9
             for label, _, _ in sides:
                 res = best[label]
+                checks[label] = blas.describe(args.blas, res["blas"])
                 med, p90, cpu = _stats(res["times"])
-                ratio, cpu_ratio = (("", "") if label == "moshi_mlx" else
+                ratio, cpu_ratio = (("", "") if label == "moshi_mlx" or not their_med else
                                     (f"{med / their_med:.2f}", f"{cpu / their_cpu:.2f}"))
+                roofline = (f" {step_gb:7.3f} {100 * step_gb / (med / 1e3) / args.bandwidth:5.1f}"
+                            if args.bandwidth else "")
                 print(f"{name:6} {precision:5} {label:9} {med:9.2f} {p90:8.2f} {ratio:>6} {cpu:8.2f} {cpu_ratio:>6} "
-                      f"{res['peak_rss_mb']:8.0f} {res['syncs']:6.2f} {res['graph_ops']:6.0f}  {res['mlx']}",
+                      f"{res['peak_rss_mb']:8.0f} {res['syncs']:6.2f} {res['graph_ops']:6.0f}{roofline}  {res['mlx']}",
                       flush=True)
+                rows.append({"config": name, "precision": precision, "who": label, "median_ms": med, "p90_ms": p90,
+                             "cpu_ms": cpu, "peak_rss_mb": res["peak_rss_mb"], "weight_gb_per_step": step_gb,
+                             "mlx": res["mlx"], "blas": checks[label]})
+    print(f"BLAS check ({blas.PROBE_SIZE}^2 fp32 matmul on the CPU, in each worker): "
+          + "; ".join(f"{label} {text}" for label, text in checks.items()))
+    if args.json:
+        args.json.write_text(json.dumps({"blas": blas_header, "bandwidth_gbs": args.bandwidth, "rows": rows}, indent=1))
     return 0
 
 

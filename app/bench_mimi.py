@@ -25,6 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    from app import blas
+except ImportError:  # a worker in Kyutai's environment, run as a script: app/ is on sys.path
+    import blas
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RATE = 24_000  # duplicated from moshi_mlx.constants: worker processes must not import our package
 FRAME_SIZE = 1920
@@ -174,13 +179,13 @@ def _graph_op_counter():
 # ------------------------------------------------------------------------------------------ driver
 
 
-def run_worker(python: str, impl: str, args, weights: Path) -> dict | None:
+def run_worker(python: str, impl: str, args, weights: Path, env: dict | None = None) -> dict | None:
     cmd = [python, str(Path(__file__).resolve()), "--worker", impl, "--weights", str(weights),
            "--num-codebooks", str(args.num_codebooks), "--frames", str(args.total_frames),
            "--seed", str(args.seed)]
     # Run from outside the repo so that, in the reference interpreter, `moshi_mlx` is Kyutai's package.
     # stderr passes through: long runs report each streamed minute as they go.
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(), env=env)
     if proc.returncode != 0:
         print(f"  {impl}: failed with exit status {proc.returncode} (its error is above)", file=sys.stderr)
         return None
@@ -203,15 +208,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="+", metavar="LABEL",
                    help="run only these rows (ours, ours@ref, moshi_mlx, rustymimi), e.g. to spread long runs")
+    p.add_argument("--json", type=Path, help="also write the rows to this file")
+    blas.add_argument(p)
     p.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.frames < 1 or args.minutes < 0 or args.repeat < 1:
         p.error("--frames and --repeat must be positive and --minutes non-negative")
     if args.worker:
-        print(json.dumps(worker(args.worker, str(args.weights), args.num_codebooks, args.frames, args.seed)))
+        result = worker(args.worker, str(args.weights), args.num_codebooks, args.frames, args.seed)
+        result["blas"] = None if args.worker == "rustymimi" else blas.probe()
+        print(json.dumps(result))
         return 0
     if args.reference_python:  # workers run from another folder; keep the venv's symlink (no resolve)
         args.reference_python = os.path.abspath(args.reference_python)
+    env, blas_header = blas.setup(args.blas)
     args.total_frames = WARMUP_FRAMES + max(args.frames, round(args.minutes * FRAMES_PER_MINUTE))
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -237,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.repeat):
             for label, impl, python in runs:
                 print(f"running {label} ({args.total_frames} frames, round {round_ + 1}) ...", file=sys.stderr)
-                r = run_worker(python, impl, args, weights)
+                r = run_worker(python, impl, args, weights, env)
                 if r and (label not in best or _total(r) < _total(best[label])):
                     best[label] = {**r, "impl": label}
         results = [best[label] for label, _, _ in runs if label in best]
@@ -245,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     audio_s = args.total_frames * FRAME_SIZE / SAMPLE_RATE
     print(f"Mimi streaming, published size, random weights, {args.num_codebooks} codebooks; "
           f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs; {audio_s:.1f} s streamed per run; "
-          f"best of {args.repeat} run(s)")
+          f"best of {args.repeat} run(s); {blas_header}")
     print(f"{'impl':<10} {'enc med':>8} {'enc p90':>8} {'dec med':>8} {'dec p90':>8} {'ratio':>6} "
           f"{'RSS warm':>9} {'RSS end':>8} {'ops':>6}   (ms per 80 ms frame; ratio = our enc+dec / theirs; MB;\n"
           f"{'':<10} ops = graph primitives evaluated per frame, encode + decode, a proxy for GPU kernel launches)")
@@ -255,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['impl']:<10} {r['encode_ms'][0]:8.2f} {r['encode_ms'][1]:8.2f} {r['decode_ms'][0]:8.2f} "
               f"{r['decode_ms'][1]:8.2f} {ratio:6.2f} {r['rss_warm_mb']:9.0f} {r['rss_end_mb']:8.0f} "
               f"{'n/a' if r['graph_ops'] is None else format(r['graph_ops'], '.0f'):>6}   {r['backend']}")
+    print(f"BLAS check ({blas.PROBE_SIZE}^2 fp32 matmul on the CPU, in each worker): "
+          + "; ".join(f"{r['impl']} {blas.describe(args.blas, r['blas'])}" for r in results))
+    if args.json:
+        args.json.write_text(json.dumps({"blas": blas_header, "rows": results}, indent=1))
     if any(r["rss_by_minute_mb"] for r in results):
         print("peak RSS (MB) after each streamed minute:")
         for r in results:

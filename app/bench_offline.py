@@ -1,10 +1,12 @@
 """Offline chain speed: our `moshi-mlx-offline` path vs the same chain built from Kyutai's pieces.
 
-Ours: `moshi_mlx.load` + `Engine.run_offline` (batched Mimi encode, LM steps, batched decode).
+Ours: `moshi_mlx.load` + `Engine.run_offline` (encode, LM step and decode pipelined: `Engine.stream`).
 Kyutai's, in its own environment (`--ref-python`, default `.ref/mlx/bin/python`): rustymimi's streaming
 encoder, moshi_mlx's `Lm` + `LmGen`, rustymimi's streaming decoder, one frame at a time, as its
 `moshi_mlx.local` does. Both run on the same files (a checkpoint folder with Kyutai's MLX-layout LM file,
-its config.json and the published-size Mimi) and the same input, with the default sampling.
+its config.json and the published-size Mimi) and the same input, with the default sampling. Without
+`--checkpoint`, a random mid-size LM (app/bench_lm.py's) and a random published-size Mimi are written once
+under `--out`. `--blas` picks the BLAS of both sides (app/blas.py).
 
     python -m app.bench_offline --checkpoint DIR --seconds 10
 Prints wall time, real-time factor (wall / audio seconds; < 1 is faster than real time), our/their ratio,
@@ -15,11 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+try:
+    from app import blas
+except ImportError:  # Kyutai's side runs this file as a script: app/ is on sys.path
+    import blas
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REF_PYTHON = REPO / ".ref" / "mlx" / "bin" / "python"
@@ -35,6 +44,29 @@ def test_signal(seconds: float):
     f = 150 + 100 * np.sin(2 * np.pi * 0.7 * t)
     x = 0.4 * np.sin(2 * np.pi * np.cumsum(f) / RATE) * (0.6 + 0.4 * np.sin(2 * np.pi * 2.5 * t))
     return (x + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def make_checkpoint(out: Path, precision: str = "bf16") -> Path:
+    """A chain checkpoint folder under `out`, written once: bench_lm's random mid-size LM at `precision`
+    (Kyutai's MLX layout, config.json) and bench_mimi's random published-size Mimi. Returns the folder."""
+    from app.bench_lm import PRECISIONS, _make_checkpoints
+    from app.bench_mimi import write_random_checkpoint
+    from moshi_mlx.constants import MIMI_FILE
+
+    lm_dir, folder = out / "lm_mid", out / f"chain_mid_{precision}"
+    _make_checkpoints("mid", lm_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (PRECISIONS[precision][0], "config.json"):
+        if not (folder / name).exists():
+            try:
+                os.link(lm_dir / name, folder / name)
+            except OSError:  # another file system
+                shutil.copyfile(lm_dir / name, folder / name)
+    if not (folder / MIMI_FILE).exists():
+        partial = folder / f"partial-{MIMI_FILE}"  # save_safetensors insists on the suffix
+        write_random_checkpoint(partial, seed=0)
+        partial.rename(folder / MIMI_FILE)  # a half-written file never looks complete
+    return folder
 
 
 def peak_rss_mb() -> float:
@@ -53,7 +85,7 @@ def run_ours(folder: Path, seconds: float, warmup: float) -> dict:
     t0 = time.perf_counter()
     engine.run_offline(pcm)
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "audio_s": len(pcm) / RATE, "peak_rss_mb": peak_rss_mb()}
+    return {"wall_s": wall, "audio_s": len(pcm) / RATE, "peak_rss_mb": peak_rss_mb(), "blas": blas.probe()}
 
 
 def run_kyutai(folder: Path, seconds: float, warmup: float) -> dict:
@@ -106,39 +138,54 @@ def run_kyutai(folder: Path, seconds: float, warmup: float) -> dict:
     t0 = time.perf_counter()
     chain(pcm)
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "audio_s": len(pcm) // FRAME * FRAME / RATE, "peak_rss_mb": peak_rss_mb()}
+    return {"wall_s": wall, "audio_s": len(pcm) // FRAME * FRAME / RATE, "peak_rss_mb": peak_rss_mb(),
+            "blas": blas.probe()}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, required=True,
-                   help="folder: Kyutai-MLX-layout LM file, config.json, published-size Mimi file")
+    p.add_argument("--checkpoint", type=Path,
+                   help="folder: Kyutai-MLX-layout LM file, config.json, published-size Mimi file "
+                        "(default: a random mid-size LM and Mimi, written once under --out)")
+    p.add_argument("--precision", choices=["bf16", "q8", "q4"], default="bf16",
+                   help="of the generated LM (without --checkpoint)")
+    p.add_argument("--out", type=Path, default=REPO / "bench-out")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup-seconds", type=float, default=1.0, help="untimed run first (compiles, allocates)")
     p.add_argument("--ref-python", default=str(DEFAULT_REF_PYTHON))
+    p.add_argument("--json", type=Path, help="also write the rows to this file")
+    blas.add_argument(p)
     p.add_argument("--worker", choices=["ours", "kyutai"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    a.checkpoint = a.checkpoint.resolve()  # Kyutai's side runs from /
     if a.worker:
         result = (run_ours if a.worker == "ours" else run_kyutai)(a.checkpoint, a.seconds, a.warmup_seconds)
         print(json.dumps(result))
         return 0
+    env, blas_header = blas.setup(a.blas)
+    if a.checkpoint is None:
+        a.checkpoint = make_checkpoint(a.out, a.precision)
+    a.checkpoint = a.checkpoint.resolve()  # Kyutai's side runs from /
     rows = {}
     for side, python in (("ours", sys.executable), ("kyutai", a.ref_python)):
         cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--checkpoint", str(a.checkpoint),
                "--seconds", str(a.seconds), "--warmup-seconds", str(a.warmup_seconds)]
         # Kyutai's side runs from / so that this checkout's moshi_mlx cannot shadow theirs.
         r = subprocess.run(cmd, capture_output=True, text=True, cwd="/" if side == "kyutai" else REPO,
-                           env=None)
+                           env=env)
         if r.returncode != 0:
             print(f"{side} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
             return 1
         rows[side] = json.loads(r.stdout.strip().splitlines()[-1])
-    print(f"checkpoint {a.checkpoint}, {a.seconds:g} s of input after {a.warmup_seconds:g} s of warm-up")
+    print(f"checkpoint {a.checkpoint}, {a.seconds:g} s of input after {a.warmup_seconds:g} s of warm-up; "
+          f"{blas_header}")
     print(f"{'':8} {'wall s':>8} {'RTF':>7} {'peak RSS MB':>12}")
     for side, r in rows.items():
         print(f"{side:8} {r['wall_s']:8.2f} {r['wall_s'] / r['audio_s']:7.3f} {r['peak_rss_mb']:12.0f}")
     print(f"ours / kyutai wall time: {rows['ours']['wall_s'] / rows['kyutai']['wall_s']:.2f}")
+    print(f"BLAS check ({blas.PROBE_SIZE}^2 fp32 matmul on the CPU, in each worker): "
+          + "; ".join(f"{side} {blas.describe(a.blas, r['blas'])}" for side, r in rows.items()))
+    if a.json:
+        a.json.write_text(json.dumps({"blas": blas_header, "checkpoint": str(a.checkpoint), "rows": rows}, indent=1))
     return 0
 
 
