@@ -9,14 +9,12 @@ from .config import MimiConfig
 from .errors import MimiInputError
 
 
-def check_pcm(pcm, cfg: MimiConfig, dtype: mx.Dtype, frames: int | None = None,
-              batch_size: int | None = None) -> mx.array:
-    """Validate audio `[B, channels, T]` and return it channels-last (`[B, T, channels]`) in `dtype`.
+def check_pcm(pcm, cfg: MimiConfig, frames: int | None = None, batch_size: int | None = None) -> mx.array:
+    """Validate audio `[B, channels, T]` and return it as an mx.array, same layout and dtype.
 
     Args:
         pcm: mx.array or numpy array of floats.
         cfg: The codec's config (channels, frame size).
-        dtype: Dtype of the model's activations.
         frames: If given, T must be exactly this many frames (streaming), else any positive multiple.
         batch_size: If given, B must equal it (the streaming state's batch).
     """
@@ -39,7 +37,7 @@ def check_pcm(pcm, cfg: MimiConfig, dtype: mx.Dtype, frames: int | None = None,
                              f"pad or trim it to {max(1, -(-T // frame)) * frame} samples.")
     if B == 0:
         raise MimiInputError(f"{what} has an empty batch (shape {pcm.shape}).")
-    return pcm.transpose(0, 2, 1).astype(dtype)
+    return pcm
 
 
 def check_codes(codes, cfg: MimiConfig, frames: int | None = None, batch_size: int | None = None,
@@ -63,13 +61,12 @@ def check_codes(codes, cfg: MimiConfig, frames: int | None = None, batch_size: i
         raise MimiInputError(f"codes have batch {B} but the state was made for batch {batch_size}.")
     if frames is not None and F != frames:
         raise MimiInputError(f"decode_step takes one frame of codes [batch, codebooks, 1], got {codes.shape}.")
-    if not check_range:
-        return codes.astype(mx.int32)
-    lo, hi = mx.min(codes), mx.max(codes)
-    mx.eval(lo, hi)
-    if lo.item() < 0 or hi.item() >= bins:
-        raise MimiInputError(f"codes must be in 0..{bins - 1}, got values in {lo.item()}..{hi.item()}.")
-    return codes.astype(mx.int32)
+    if check_range:
+        lo, hi = mx.min(codes), mx.max(codes)
+        mx.eval(lo, hi)
+        if lo.item() < 0 or hi.item() >= bins:
+            raise MimiInputError(f"codes must be in 0..{bins - 1}, got values in {lo.item()}..{hi.item()}.")
+    return codes if codes.dtype == mx.int32 else codes.astype(mx.int32)
 
 
 def as_array(x, what: str) -> mx.array:

@@ -2,7 +2,8 @@
 
 Streaming state is explicit: `make_encode_state` / `make_decode_state` create it, `encode_step` /
 `decode_step` advance it in place, and a new state is the only way to start over. The batch calls run the same
-layers on a fresh state over chunks of many frames, so streaming and batch results agree.
+layers on a fresh state over chunks of many frames, so streaming and batch results agree. The steps run as
+`mx.compile`d pure functions of the state's arrays (`compiled.py`), one fused graph per frame and side.
 
 Data flow (channels-last `[B, T, C]` inside):
     encode: SEANet encoder (25 Hz) -> transformer -> learnt 2x down-sampling (12.5 Hz) -> split RVQ codes
@@ -20,6 +21,7 @@ from ..constants import MOSHI_CODEBOOKS
 from .config import MimiConfig
 from .conv import ConvState, ConvTransposeState, StreamingConv1d, StreamingConvTranspose1d
 from .checks import check_codes, check_pcm, check_positive_int
+from .compiled import CompiledSteps, set_state_arrays, state_arrays
 from .errors import MimiInputError
 from .quantizer import SplitResidualVQ
 from .seanet import SeanetDecoder, SeanetEncoder, SeanetState
@@ -36,9 +38,9 @@ class EncodeState:
     Attributes:
         batch_size: Streams advanced together.
         encoder: Per-layer conv histories of the SEANet encoder.
-        transformer: KV rings of the encoder transformer.
-        downsample: History of the learnt down-sampling conv.
-        frames: Frames encoded so far.
+        transformer: KV rings and position of the encoder transformer.
+        downsample: History (and first-call flag) of the learnt down-sampling conv.
+        frames: Frames encoded so far (host-side count, not an input of the compiled step).
     """
 
     batch_size: int
@@ -55,9 +57,9 @@ class DecodeState:
     Attributes:
         batch_size: Streams advanced together.
         upsample: Pending output of the transposed up-sampling conv.
-        transformer: KV rings of the decoder transformer.
+        transformer: KV rings and position of the decoder transformer.
         decoder: Per-layer states of the SEANet decoder.
-        frames: Frames decoded so far.
+        frames: Frames decoded so far (host-side count, not an input of the compiled step).
     """
 
     batch_size: int
@@ -73,6 +75,10 @@ class Mimi(nn.Module):
     Args:
         cfg: Codec shape.
         num_codebooks: Codebooks produced by `encode` (1 .. cfg.quantizer.n_q).
+
+    Attributes:
+        compile_steps: Run `encode_step` / `decode_step` as compiled graphs (default). False runs the same
+            layers eagerly, op by op (for debugging; the results agree to float rounding).
     """
 
     def __init__(self, cfg: MimiConfig, num_codebooks: int = MOSHI_CODEBOOKS):
@@ -90,6 +96,7 @@ class Mimi(nn.Module):
         # 25 -> 12.5 Hz: learnt conv whose first call pads with the first sample, not zeros.
         self.downsample = StreamingConv1d(dim, dim, 2 * stride, stride=stride, bias=False, replicate_pad=True)
         self.upsample = StreamingConvTranspose1d(dim, dim, 2 * stride, stride=stride, bias=False, depthwise=True)
+        self.compile_steps = True
 
     @property
     def frame_size(self) -> int:
@@ -109,16 +116,32 @@ class Mimi(nn.Module):
     # ----------------------------------------------------------------- states
 
     def make_encode_state(self, batch_size: int = 1) -> EncodeState:
-        """Fresh encoder state for `batch_size` streams; pass it to every `encode_step` of those streams."""
+        """Fresh encoder state for `batch_size` streams; pass it to every `encode_step` of those streams.
+
+        Its arrays are evaluated, so any thread may use it.
+        """
         check_positive_int(batch_size, "batch_size")
+        state = self._new_encode_state(batch_size)
+        mx.eval(state_arrays(state))
+        return state
+
+    def make_decode_state(self, batch_size: int = 1) -> DecodeState:
+        """Fresh decoder state for `batch_size` streams; pass it to every `decode_step` of those streams.
+
+        Its arrays are evaluated, so any thread may use it.
+        """
+        check_positive_int(batch_size, "batch_size")
+        state = self._new_decode_state(batch_size)
+        mx.eval(state_arrays(state))
+        return state
+
+    def _new_encode_state(self, batch_size: int) -> EncodeState:
         dt = self.dtype
         return EncodeState(batch_size, self.encoder.make_state(batch_size, dt),
                            self.encoder_transformer.make_state(batch_size, dt),
                            self.downsample.make_state(batch_size, dt))
 
-    def make_decode_state(self, batch_size: int = 1) -> DecodeState:
-        """Fresh decoder state for `batch_size` streams; pass it to every `decode_step` of those streams."""
-        check_positive_int(batch_size, "batch_size")
+    def _new_decode_state(self, batch_size: int) -> DecodeState:
         dt = self.dtype
         return DecodeState(batch_size, self.upsample.make_state(batch_size, dt),
                            self.decoder_transformer.make_state(batch_size, dt),
@@ -139,14 +162,14 @@ class Mimi(nn.Module):
         Raises:
             MimiInputError: on a wrong type, rank, dtype, channel count or length.
         """
-        x = check_pcm(pcm, self.cfg, self.dtype)
+        x = check_pcm(pcm, self.cfg)
         check_positive_int(chunk_frames, "chunk_frames")
-        state = self.make_encode_state(x.shape[0])
+        state = self._new_encode_state(x.shape[0])
         step = chunk_frames * self.frame_size
         chunks = []
-        for start in range(0, x.shape[1], step):
-            codes = self._encode_chunk(x[:, start:start + step], state)
-            if x.shape[1] > step:
+        for start in range(0, x.shape[2], step):
+            codes = self._encode_chunk(x[:, :, start:start + step], state)
+            if x.shape[2] > step:
                 mx.eval(codes)  # keep one chunk of activations alive at a time
             chunks.append(codes)
         return chunks[0] if len(chunks) == 1 else mx.concatenate(chunks, axis=2)
@@ -160,9 +183,8 @@ class Mimi(nn.Module):
         Returns:
             `[B, dimension, T // frame_size]` in the model dtype.
         """
-        x = check_pcm(pcm, self.cfg, self.dtype)
-        state = self.make_encode_state(x.shape[0])
-        return self._latent(x, state).transpose(0, 2, 1)
+        x = check_pcm(pcm, self.cfg)
+        return self._latent(x, self._new_encode_state(x.shape[0])).transpose(0, 2, 1)
 
     def decode(self, codes: mx.array, chunk_frames: int = BATCH_CHUNK_FRAMES) -> mx.array:
         """Decode whole code sequences.
@@ -179,7 +201,7 @@ class Mimi(nn.Module):
         """
         codes = check_codes(codes, self.cfg)
         check_positive_int(chunk_frames, "chunk_frames")
-        state = self.make_decode_state(codes.shape[0])
+        state = self._new_decode_state(codes.shape[0])
         chunks = []
         for start in range(0, codes.shape[2], chunk_frames):
             pcm = self._decode_chunk(codes[:, :, start:start + chunk_frames], state)
@@ -203,8 +225,14 @@ class Mimi(nn.Module):
         if not isinstance(state, EncodeState):
             raise MimiInputError(
                 f"encode_step needs the EncodeState from make_encode_state, got {type(state).__name__}.")
-        x = check_pcm(pcm, self.cfg, self.dtype, frames=1, batch_size=state.batch_size)
-        return self._encode_chunk(x, state)
+        x = check_pcm(pcm, self.cfg, frames=1, batch_size=state.batch_size)
+        if self.compile_steps:
+            codes, arrays = self._compiled().encode(x, state_arrays(state))
+            set_state_arrays(state, arrays)
+        else:
+            codes = self._encode_chunk(x, state)
+        state.frames += 1
+        return codes
 
     def decode_step(self, codes: mx.array, state: DecodeState, check_range: bool = True) -> mx.array:
         """Decode the next frame of each stream.
@@ -223,24 +251,39 @@ class Mimi(nn.Module):
             raise MimiInputError(
                 f"decode_step needs the DecodeState from make_decode_state, got {type(state).__name__}.")
         codes = check_codes(codes, self.cfg, frames=1, batch_size=state.batch_size, check_range=check_range)
-        return self._decode_chunk(codes, state)
+        if self.compile_steps:
+            pcm, arrays = self._compiled().decode(codes, state_arrays(state))
+            set_state_arrays(state, arrays)
+        else:
+            pcm = self._decode_chunk(codes, state)
+        state.frames += 1
+        return pcm
 
     # ----------------------------------------------------------------- internals
 
-    def _latent(self, x: mx.array, state: EncodeState) -> mx.array:
+    def _compiled(self) -> CompiledSteps:
+        # Values the traces read through `self` are frozen into them: key on them too.
+        return CompiledSteps.for_model(
+            self, (self.num_codebooks, self.cfg), encode=self._encode_chunk, decode=self._decode_chunk,
+            new_encode_state=self._new_encode_state, new_decode_state=self._new_decode_state)
+
+    def _latent(self, pcm: mx.array, state: EncodeState) -> mx.array:
+        """Audio `[B, C, T]` -> latent `[B, T / frame_size, dimension]`; advances `state` (not `frames`)."""
+        x = pcm.transpose(0, 2, 1)
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
         h = self.encoder(x, state.encoder)
         h = self.encoder_transformer(h, state.transformer)
-        h = self.downsample(h, state.downsample)
-        state.frames += h.shape[1]
-        return h
+        return self.downsample(h, state.downsample)
 
-    def _encode_chunk(self, x: mx.array, state: EncodeState) -> mx.array:
-        return self.quantizer.encode(self._latent(x, state), self.num_codebooks)
+    def _encode_chunk(self, pcm: mx.array, state: EncodeState) -> mx.array:
+        return self.quantizer.encode(self._latent(pcm, state), self.num_codebooks)
 
     def _decode_chunk(self, codes: mx.array, state: DecodeState) -> mx.array:
-        h = self.quantizer.decode(codes).astype(self.dtype)
+        h = self.quantizer.decode(codes)
+        if h.dtype != self.dtype:
+            h = h.astype(self.dtype)
         h = self.upsample(h, state.upsample)
         h = self.decoder_transformer(h, state.transformer)
-        y = self.decoder(h, state.decoder)
-        state.frames += codes.shape[2]
-        return y.transpose(0, 2, 1).astype(mx.float32)
+        y = self.decoder(h, state.decoder).transpose(0, 2, 1)
+        return y if y.dtype == mx.float32 else y.astype(mx.float32)

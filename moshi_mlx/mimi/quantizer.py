@@ -11,6 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import QuantizerConfig
+from .matmul import DerivedArray, Linear
 
 
 class Codebook(nn.Module):
@@ -20,12 +21,18 @@ class Codebook(nn.Module):
         super().__init__()
         self.embedding = mx.zeros((bins, dim))
         self.embedding_sq_norm = mx.zeros((bins,))
+        self._matrix = DerivedArray(lambda e: e.T)
+
+    def matrix(self) -> mx.array:
+        """The entries as columns, `[dim, bins]` (a view)."""
+        return self._matrix.get(self.embedding)
 
     def encode(self, x: mx.array) -> mx.array:
-        """Index of the nearest entry (squared euclidean distance) for each vector of `x` `[..., dim]`."""
+        """Index of the nearest entry (squared euclidean distance) for each row of `x` `[M, dim]` -> `[M]` uint32."""
         # |x - e|^2 = |x|^2 - 2 x.e + |e|^2; |x|^2 is the same for every entry, so it cannot change the argmin.
-        dist = self.embedding_sq_norm - 2.0 * (x @ self.embedding.T)
-        return mx.argmin(dist, axis=-1).astype(mx.int32)
+        # One fused op: |e|^2 + (-2) (x @ e), the scaling by -2 exact as before.
+        dist = mx.addmm(self.embedding_sq_norm, x, self.matrix(), alpha=-2.0)
+        return mx.argmin(dist, axis=-1)
 
     def decode(self, codes: mx.array) -> mx.array:
         """Entries for `codes` `[...]` -> `[..., dim]`."""
@@ -37,28 +44,30 @@ class ResidualVQ(nn.Module):
 
     def __init__(self, cfg: QuantizerConfig, n_q: int):
         super().__init__()
-        self.input_proj = nn.Linear(cfg.input_dimension, cfg.dimension, bias=False)
-        self.output_proj = nn.Linear(cfg.dimension, cfg.output_dimension, bias=False)
+        self.input_proj = Linear(cfg.input_dimension, cfg.dimension, bias=False)
+        self.output_proj = Linear(cfg.dimension, cfg.output_dimension, bias=False)
         self.codebooks = [Codebook(cfg.dimension, cfg.bins) for _ in range(n_q)]
 
-    def encode(self, x: mx.array, n_q: int) -> mx.array:
-        """Latent `[B, T, C]` -> codes `[B, n_q, T]` from the first `n_q` codebooks."""
+    def encode(self, x: mx.array, n_q: int) -> list[mx.array]:
+        """Latent rows `[M, C]` -> the codes of the first `n_q` codebooks, each `[M]` uint32.
+
+        Codebook i quantizes what codebooks 0..i-1 left, so the searches run one after the other.
+        """
         residual = self.input_proj(x)
         codes = []
         for i, book in enumerate(self.codebooks[:n_q]):
-            c = book.encode(residual)
-            codes.append(c)
+            codes.append(book.encode(residual))
             if i + 1 < n_q:
-                residual = residual - book.decode(c)
-        return mx.stack(codes, axis=1)
+                residual = residual - book.decode(codes[-1])
+        return codes
 
-    def decode(self, codes: mx.array) -> mx.array:
-        """Codes `[B, K, T]` -> latent `[B, T, C]` (sum of the K entries, then the output projection)."""
+    def decode(self, codes: list[mx.array]) -> mx.array:
+        """Codes of codebooks 0..K-1 (each `[...]`) -> latent rows `[M, C]`: the sum of the entries, projected."""
         total = None
-        for i in range(codes.shape[1]):
-            entry = self.codebooks[i].decode(codes[:, i])
+        for book, c in zip(self.codebooks, codes):
+            entry = book.decode(c)
             total = entry if total is None else total + entry
-        return self.output_proj(total)
+        return self.output_proj(total.reshape(-1, total.shape[-1]))
 
 
 class SplitResidualVQ(nn.Module):
@@ -72,15 +81,20 @@ class SplitResidualVQ(nn.Module):
 
     def encode(self, x: mx.array, num_codebooks: int) -> mx.array:
         """Latent `[B, T, C]` -> int32 codes `[B, num_codebooks, T]`."""
+        B, T, C = x.shape
+        rows = x.reshape(B * T, C)  # 2-D matmuls: no reshapes around them
         first = min(num_codebooks, self.n_q_semantic)
-        codes = self.rvq_first.encode(x, first)
+        codes = self.rvq_first.encode(rows, first)
         if num_codebooks > first:
-            codes = mx.concatenate([codes, self.rvq_rest.encode(x, num_codebooks - first)], axis=1)
-        return codes
+            codes += self.rvq_rest.encode(rows, num_codebooks - first)
+        codes = mx.concatenate(codes).reshape(num_codebooks, B, T).astype(mx.int32)
+        return codes.transpose(1, 0, 2)
 
     def decode(self, codes: mx.array) -> mx.array:
         """Codes `[B, K, T]` -> latent `[B, T, C]`."""
-        latent = self.rvq_first.decode(codes[:, :self.n_q_semantic])
-        if codes.shape[1] > self.n_q_semantic:
-            latent = latent + self.rvq_rest.decode(codes[:, self.n_q_semantic:])
-        return latent
+        B, K, T = codes.shape
+        per_book = mx.split(codes, K, axis=1) if K > 1 else [codes]
+        latent = self.rvq_first.decode(per_book[:self.n_q_semantic])
+        if K > self.n_q_semantic:
+            latent = latent + self.rvq_rest.decode(per_book[self.n_q_semantic:])
+        return latent.reshape(B, T, -1)

@@ -4,8 +4,13 @@ Attention window, as Kyutai's PyTorch streams it (one code frame = `step` tokens
 ring of `context` key/value slots and writes the step's tokens *before* attending, so a query at position q
 sees key k iff `0 <= k <= q` and k is still in the ring, i.e. `k > last(q) - context`, with last(q) the final
 position of q's step. (The last token of a step thus sees `context` positions, the first one `context - 1`.)
-The batch path (chunks of many steps) applies the same rule as an explicit mask over the ring plus the chunk,
-so batch and streaming attend to the same keys and agree to float rounding, however long the input.
+
+A streaming step computes its ring slot, mask and RoPE angles on the device from the state's 0-d position
+array, so it reads nothing back and runs unchanged under `mx.compile`. The batch path (chunks of many steps)
+builds the same per-step windows on the host and attends each step to the keys its ring would hold, in the
+ring's order, so batch and streaming agree to the last bit, however long the input.
+
+Activations are `[B * T, D]` inside the layer stack: 2-D matmuls need no reshapes around them.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import mlx.nn as nn
 import numpy as np
 
 from .config import TransformerConfig
+from .matmul import Linear
 
-BATCH_CHUNK_TOKENS = 1024
-"""Tokens per attention call on the batch path: bounds the `[chunk, chunk + context]` score matrix."""
+BATCH_CHUNK_TOKENS = 128
+"""Tokens per attention call on the batch path: bounds its gathered keys, `[chunk / step, context]` per layer."""
 
 LAYER_NORM_EPS = 1e-5
 """Kyutai's `create_norm_fn("layer_norm")` epsilon."""
@@ -43,17 +49,44 @@ class KVRing:
 class TransformerState:
     """Streaming state of one transformer: a KV ring per layer and the count of tokens seen.
 
-    Memory is constant: the rings are allocated once and overwritten by slice.
+    Memory is constant: the rings are allocated once and overwritten in place.
+
+    Attributes:
+        layers: One ring per layer.
+        offset: Tokens seen so far, a 0-d int32 array, always a multiple of the step (an int is accepted and
+            converted on the next call).
     """
 
     layers: list[KVRing]
-    offset: int = 0
+    offset: mx.array
+
+
+@dataclass
+class _StepWindow:
+    """Device-side bookkeeping of one streaming step (all arrays, computed from the offset array).
+
+    Attributes:
+        start: Ring slot of the step's first token, `[1]` int32, when its tokens are contiguous in the ring.
+        slots: Else the ring slot of each token, `[T]` int32 (None when `start` is used).
+        mask: `[T, context]` visibility of the ring's slots once the step is written.
+    """
+
+    start: mx.array | None
+    slots: mx.array | None
+    mask: mx.array
 
 
 class _Window:
-    """Host-side bookkeeping of one call: positions, ring slots to write and the visibility mask."""
+    """Host-side bookkeeping of one batch chunk: positions, ring slots to write and the visibility rule.
 
-    def __init__(self, offset: int, length: int, context: int, step: int, use_ring_only: bool):
+    `mask` states the rule over the keys `[ring before the chunk, chunk]` (or the ring after the write with
+    `use_ring_only`). A chunk of whole steps is attended step by step, each step against the `context` keys a
+    streaming ring would hold once that step is written, in the ring's slot order: `gather` picks them from
+    `[ring, chunk]` and `step_mask` is the rule over them. So each step sums the same terms in the same order
+    as `encode_step` does, and batch and streaming agree to the last bit (near-tie codes cannot part).
+    """
+
+    def __init__(self, offset: int, length: int, context: int, step: int, use_ring_only: bool = False):
         self.positions = np.arange(offset, offset + length)
         # Slot p % context holds the latest position p written before this call (or -1: empty).
         slots = np.arange(context)
@@ -70,7 +103,18 @@ class _Window:
         self.writes = _slot_runs(kept, context, first_src=length - len(kept))
         step_last = (self.positions // step) * step + step - 1
         q, k = self.positions[:, None], key_pos[None, :]
-        self.mask = mx.array((k >= 0) & (k <= q) & (k > step_last[:, None] - context))
+        mask = (k >= 0) & (k <= q) & (k > step_last[:, None] - context)
+        self.mask = mx.array(mask)
+        if use_ring_only or offset % step or length % step:
+            return
+        # Per step j: the position slot s holds once step j is written; from the chunk if it is in it, else
+        # the old ring's slot s (the same position, or an empty slot that the mask hides).
+        n = length // step
+        held = step_last[::step, None] - np.mod(step_last[::step, None] - slots[None], context)
+        gather = np.where(held >= offset, context + held - offset, slots[None])
+        self.gather = mx.array(gather.astype(np.int32))
+        rows = np.arange(length).reshape(n, step)
+        self.step_mask = mx.array(mask[rows[:, :, None], gather[:, None, :]])
 
 
 def _slot_runs(positions: np.ndarray, context: int, first_src: int) -> list[tuple[int, int, int]]:
@@ -88,22 +132,50 @@ def _slot_runs(positions: np.ndarray, context: int, first_src: int) -> list[tupl
     return runs
 
 
-def _rope_tables(positions: np.ndarray, head_dim: int, max_period: float) -> tuple[mx.array, mx.array]:
-    """cos/sin `[T, head_dim / 2]` of interleaved RoPE, in float32 as PyTorch's `apply_rope` computes them."""
+def _step_window(positions: mx.array, context: int, step: int) -> _StepWindow:
+    """The ring writes and mask of one step at `positions` (`[T, 1]` int32, T = step), all on the device."""
+    T = positions.shape[0]
+    last = positions[-1:]
+    # After the write, slot s holds the latest position <= last that is s modulo context (negative: empty).
+    held = last - (last - mx.array(np.arange(context, dtype=np.int32))) % context
+    step_last = (positions // step) * step + (step - 1)
+    mask = (held >= 0) & (held <= positions) & (held > step_last - context)
+    if context % step == 0:
+        # A step starts at a multiple of `step`, so its tokens never wrap the ring: one slice write. The clamp
+        # only guards memory (a misaligned offset breaks the contract; it must not write past the ring).
+        start = mx.minimum(positions[:1, 0] % context, context - T)
+        return _StepWindow(start, None, mask)
+    return _StepWindow(None, positions[:, 0] % context, mask)
+
+
+def _rope_tables(positions: mx.array, head_dim: int, max_period: float) -> tuple[mx.array, mx.array]:
+    """Factors `[3, 1, T, head_dim / 2, 2]` of interleaved RoPE on (q, k, v), as `x * c + swap(x) * s`.
+
+    Angles are float32 products of float32 positions and frequencies, as PyTorch's `apply_rope` computes them.
+    Values pass unrotated (c = 1, s = 0), so q, k and v go through one fused op.
+    """
     half = head_dim // 2
     exponent = np.arange(half, dtype=np.float32) * np.float32(-math.log(max_period) * 2 / head_dim)
     freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)
-    angles = (positions.astype(np.float32)[:, None] * freqs[None, :]).astype(np.float64)
-    return mx.array(np.cos(angles).astype(np.float32)), mx.array(np.sin(angles).astype(np.float32))
+    # Each angle twice (one per member of a pair): the same float32 product either way.
+    angles = positions.astype(mx.float32).reshape(-1, 1, 1) * mx.array(np.repeat(freqs, 2).reshape(half, 2))
+    sign = mx.array(np.array([-1.0, 1.0], np.float32))
+    is_v = mx.array(np.array([False, False, True]).reshape(3, 1, 1, 1, 1))
+    c = mx.where(is_v, 1.0, mx.cos(angles))
+    s = mx.where(is_v, 0.0, mx.sin(angles) * sign)
+    return c, s
 
 
-def _apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of `x` `[B, H, T, D]`."""
-    shape = x.shape
-    pairs = x.astype(mx.float32).reshape(*shape[:-1], shape[-1] // 2, 2)
-    re, im = pairs[..., 0], pairs[..., 1]
-    out = mx.stack([re * cos - im * sin, re * sin + im * cos], axis=-1)
-    return out.reshape(shape).astype(x.dtype)
+def _rope_qkv(qkv: mx.array, c: mx.array, s: mx.array) -> mx.array:
+    """Rotate interleaved pairs of q and k in `qkv` `[B, 3, H, T, D / 2, 2]` (float32 math); v is unchanged.
+
+    Each pair (re, im) becomes (re * cos - im * sin, im * cos + re * sin): the pair times `c`, plus the
+    swapped pair (im, re) times `s` = (-sin, sin), the same two products and one sum per value as written out.
+    """
+    dtype = qkv.dtype
+    x = qkv if dtype == mx.float32 else qkv.astype(mx.float32)
+    out = x * c + x[..., ::-1] * s
+    return out if dtype == mx.float32 else out.astype(dtype)
 
 
 class Attention(nn.Module):
@@ -113,26 +185,54 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
-        self.in_proj = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.in_proj = Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out_proj = Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def __call__(self, x: mx.array, ring: KVRing, window: _Window, cos: mx.array, sin: mx.array,
-                 ring_only: bool) -> mx.array:
-        B, T, D = x.shape
-        qkv = self.in_proj(x).reshape(B, T, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        q, k, v = _apply_rope(qkv[0], cos, sin), _apply_rope(qkv[1], cos, sin), qkv[2]
-        if not ring_only:
-            keys = mx.concatenate([ring.keys, k], axis=2)
-            values = mx.concatenate([ring.values, v], axis=2)
-        for slot, src, n in window.writes:
+    def __call__(self, x: mx.array, batch: int, ring: KVRing, window: _Window | _StepWindow, c: mx.array,
+                 s: mx.array) -> mx.array:
+        """Attend `x` `[batch * T, D]`; `window`: a host `_Window` (batch chunk) or a `_StepWindow`."""
+        H, Dh = self.num_heads, self.head_dim
+        T = x.shape[0] // batch
+        qkv = self.in_proj(x).reshape(batch, T, 3, H, Dh // 2, 2).transpose(0, 2, 3, 1, 4, 5)
+        qkv = _rope_qkv(qkv, c, s).reshape(batch, 3 * H, T, Dh)
+        q, k, v = mx.split(qkv, 3, axis=1)
+        if isinstance(window, _Window):
+            out = self._attend_chunk(q, k, v, ring, window)
+        else:
+            out = self._attend_step(q, k, v, ring, window)
+        return self.out_proj(out.reshape(batch * T, H * Dh))
+
+    def _attend_step(self, q: mx.array, k: mx.array, v: mx.array, ring: KVRing, window: _StepWindow) -> mx.array:
+        """Streaming step: write its tokens into the ring first, then attend to the ring (PyTorch's order)."""
+        if window.start is not None:
+            ring.keys = mx.slice_update(ring.keys, k, window.start, axes=(2,))
+            ring.values = mx.slice_update(ring.values, v, window.start, axes=(2,))
+        else:
+            ring.keys[:, :, window.slots] = k
+            ring.values[:, :, window.slots] = v
+        out = mx.fast.scaled_dot_product_attention(q, ring.keys, ring.values, scale=1.0 / math.sqrt(self.head_dim),
+                                                   mask=window.mask)
+        return out.transpose(0, 2, 1, 3)
+
+    def _attend_chunk(self, q: mx.array, k: mx.array, v: mx.array, ring: KVRing, window: _Window) -> mx.array:
+        """Batch chunk: each step against the keys its streaming ring would hold (see `_Window`)."""
+        B, H, T, Dh = q.shape
+        n, context = window.gather.shape
+        step = T // n
+        # Steps become batch entries: [B, H, n, ...] -> [B * n, H, ...].
+        keys = mx.concatenate([ring.keys, k], axis=2)[:, :, window.gather]
+        keys = keys.transpose(0, 2, 1, 3, 4).reshape(B * n, H, context, Dh)
+        values = mx.concatenate([ring.values, v], axis=2)[:, :, window.gather]
+        values = values.transpose(0, 2, 1, 3, 4).reshape(B * n, H, context, Dh)
+        q = q.reshape(B, H, n, step, Dh).transpose(0, 2, 1, 3, 4).reshape(B * n, H, step, Dh)
+        mask = mx.broadcast_to(window.step_mask[None], (B, n, step, context)).reshape(B * n, 1, step, context)
+        for slot, src, length in window.writes:
             # Ring update by slice: no reallocation, whatever the stream length.
-            ring.keys[:, :, slot:slot + n] = k[:, :, src:src + n]
-            ring.values[:, :, slot:slot + n] = v[:, :, src:src + n]
-        if ring_only:
-            keys, values = ring.keys, ring.values
-        out = mx.fast.scaled_dot_product_attention(
-            q, keys, values, scale=1.0 / math.sqrt(self.head_dim), mask=window.mask)
-        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, T, D))
+            ring.keys[:, :, slot:slot + length] = k[:, :, src:src + length]
+            ring.values[:, :, slot:slot + length] = v[:, :, src:src + length]
+        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=1.0 / math.sqrt(self.head_dim),
+                                                   mask=mask)
+        return out.reshape(B, n, H, step, Dh).transpose(0, 1, 3, 2, 4)
 
 
 class LayerScale(nn.Module):
@@ -154,8 +254,8 @@ class TransformerLayer(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.d_model, eps=LAYER_NORM_EPS)
         self.norm2 = nn.LayerNorm(cfg.d_model, eps=LAYER_NORM_EPS)
         self.self_attn = Attention(cfg)
-        self.linear1 = nn.Linear(cfg.d_model, cfg.dim_feedforward, bias=False)
-        self.linear2 = nn.Linear(cfg.dim_feedforward, cfg.d_model, bias=False)
+        self.linear1 = Linear(cfg.d_model, cfg.dim_feedforward, bias=False)
+        self.linear2 = Linear(cfg.dim_feedforward, cfg.d_model, bias=False)
         if cfg.layer_scale is not None:
             self.layer_scale_1 = LayerScale(cfg.d_model)
             self.layer_scale_2 = LayerScale(cfg.d_model)
@@ -163,9 +263,9 @@ class TransformerLayer(nn.Module):
     def _scale(self, name: str, x: mx.array) -> mx.array:
         return self[name](x) if name in self else x
 
-    def __call__(self, x: mx.array, ring: KVRing, window: _Window, cos: mx.array, sin: mx.array,
-                 ring_only: bool) -> mx.array:
-        x = x + self._scale("layer_scale_1", self.self_attn(self.norm1(x), ring, window, cos, sin, ring_only))
+    def __call__(self, x: mx.array, batch: int, ring: KVRing, window, c: mx.array, s: mx.array) -> mx.array:
+        """`x` `[batch * T, D]` -> same shape."""
+        x = x + self._scale("layer_scale_1", self.self_attn(self.norm1(x), batch, ring, window, c, s))
         h = self.linear1(self.norm2(x))
         h = h * 0.5 * (1.0 + mx.erf(h * (1.0 / math.sqrt(2.0))))
         return x + self._scale("layer_scale_2", self.linear2(h))
@@ -191,36 +291,61 @@ class ProjectedTransformer(nn.Module):
         self.step = step
         self.transformer = _Layers(cfg)
         if cfg.input_dimension != cfg.d_model:
-            self.input_proj = nn.Linear(cfg.input_dimension, cfg.d_model, bias=False)
+            self.input_proj = Linear(cfg.input_dimension, cfg.d_model, bias=False)
         if cfg.output_dimension != cfg.d_model:
-            self.output_projs = [nn.Linear(cfg.d_model, cfg.output_dimension, bias=False)]
+            self.output_projs = [Linear(cfg.d_model, cfg.output_dimension, bias=False)]
 
     def make_state(self, batch_size: int, dtype: mx.Dtype = mx.float32) -> TransformerState:
         """Zeroed rings of `context` slots for `batch_size` streams."""
         shape = (batch_size, self.cfg.num_heads, self.cfg.context, self.cfg.head_dim)
         return TransformerState([KVRing(mx.zeros(shape, dtype=dtype), mx.zeros(shape, dtype=dtype))
-                                 for _ in range(self.cfg.num_layers)])
+                                 for _ in range(self.cfg.num_layers)], mx.array(0, dtype=mx.int32))
 
     def __call__(self, x: mx.array, state: TransformerState) -> mx.array:
         """Run `x` `[B, T, C]` (T a multiple of `step`) through every layer, advancing `state`."""
+        B, T, _ = x.shape
+        if not isinstance(state.offset, mx.array):
+            if state.offset % self.step:
+                raise ValueError(f"transformer offset must be a multiple of the step {self.step}, "
+                                 f"got {state.offset}")
+            state.offset = mx.array(state.offset, dtype=mx.int32)
+        x = x.reshape(B * T, -1)
         if "input_proj" in self:
             x = self.input_proj(x)
-        outs = []
-        limit = max(self.step, BATCH_CHUNK_TOKENS // self.step * self.step)
-        for start in range(0, x.shape[1], limit):
-            outs.append(self._chunk(x[:, start:start + limit], state))
-        x = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=1)
+        if T == self.step <= self.cfg.context:
+            x = self._step(x, B, state)
+        else:
+            limit = max(self.step, BATCH_CHUNK_TOKENS // self.step * self.step)
+            x = x.reshape(B, T, -1)
+            outs = [self._chunk(x[:, start:start + limit], state) for start in range(0, T, limit)]
+            x = (outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=1)).reshape(B * T, -1)
         if "output_projs" in self:
             x = self.output_projs[0](x)
+        return x.reshape(B, T, -1)
+
+    def _step(self, x: mx.array, batch: int, state: TransformerState) -> mx.array:
+        """One streaming step, window and positions from the offset array (no host read)."""
+        cfg = self.cfg
+        positions = state.offset + mx.array(np.arange(self.step, dtype=np.int32)[:, None])
+        window = _step_window(positions, cfg.context, self.step)
+        c, s = _rope_tables(positions, cfg.head_dim, cfg.max_period)
+        for layer, ring in zip(self.transformer.layers, state.layers):
+            x = layer(x, batch, ring, window, c, s)
+        state.offset = state.offset + self.step
         return x
 
     def _chunk(self, x: mx.array, state: TransformerState) -> mx.array:
-        T = x.shape[1]
-        # One step at a time, all needed keys are in the ring once the step is written: attend to it alone.
-        ring_only = T <= self.step and state.offset % self.step == 0 and T <= self.cfg.context
-        window = _Window(state.offset, T, self.cfg.context, self.step, ring_only)
-        cos, sin = _rope_tables(window.positions, self.cfg.head_dim, self.cfg.max_period)
+        """A batch chunk `[B, T, D]`: its windows built on the host from the offset (read back once)."""
+        cfg = self.cfg
+        B, T, D = x.shape
+        offset = state.offset.item()
+        if offset % self.step or T % self.step:
+            raise ValueError(f"transformer chunks must be whole steps of {self.step} tokens at a step boundary, "
+                             f"got {T} tokens at position {offset}")
+        window = _Window(offset, T, cfg.context, self.step)
+        c, s = _rope_tables(mx.arange(offset, offset + T, dtype=mx.int32), cfg.head_dim, cfg.max_period)
+        x = x.reshape(B * T, D)
         for layer, ring in zip(self.transformer.layers, state.layers):
-            x = layer(x, ring, window, cos, sin, ring_only)
-        state.offset += T
-        return x
+            x = layer(x, B, ring, window, c, s)
+        state.offset = mx.array(offset + T, dtype=mx.int32)
+        return x.reshape(B, T, D)

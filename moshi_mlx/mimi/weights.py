@@ -5,6 +5,9 @@ layout changes (conv `[out, in, k]` -> `[out, k, in]`, transposed conv `[in, out
 -> linear, EMA codebook `embedding_sum / clamp(cluster_usage, 1e-5)`). Every parameter must be found with the
 right shape and every tensor in the file must be used (or be a known training-only buffer), else a one-line
 `MimiLoadError` names the file and the problem.
+
+Convs, linears and codebooks keep those shapes, but their memory is laid out in the `[in, out]` order that the
+layers' matmuls read (`matmul.py`), so the matrices are views, not copies.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from .codec import Mimi
 from .config import MimiConfig
 from .conv import StreamingConv1d, StreamingConvTranspose1d
 from .errors import MimiConfigError, MimiFileNotFoundError, MimiLoadError
+from .matmul import in_out_order
 from .quantizer import Codebook
 
 CONFIG_FILE = "mimi_config.json"
@@ -67,9 +71,8 @@ def load_mimi(path: str | Path, num_codebooks: int = MOSHI_CODEBOOKS, dtype: mx.
     tensors = _read_safetensors(path)
     model = Mimi(cfg, num_codebooks=num_codebooks)
     weights = _convert(model, tensors, path)
-    if dtype is not None:
-        weights = [(k, v.astype(dtype)) for k, v in weights]
-    model.load_weights(weights, strict=True)
+    del tensors  # the converted arrays hold what they still need
+    model.load_weights(_materialize(model, weights, dtype), strict=True)
     model.eval()
     mx.eval(model.parameters())
     return model
@@ -167,6 +170,30 @@ def _to_ours(module: nn.Module, leaf: str, t: mx.array) -> tuple[mx.array, tuple
     if isinstance(module, nn.Linear) and t.ndim == 3:  # the quantizer's 1x1 Conv1d projections
         return t[..., 0], (*ours, 1)
     return t, ours
+
+
+def _materialize(model: Mimi, weights: list[tuple[str, mx.array]], dtype: mx.Dtype | None
+                 ) -> list[tuple[str, mx.array]]:
+    """Cast the converted weights and lay out their memory in the order their layer's matmul reads (shapes
+    unchanged; see `matmul.py`), one tensor at a time, so that only one tensor is copied at any moment and the
+    file's copy of it is released as soon as it is done (`weights` is emptied on the way)."""
+    out = []
+    for i in range(len(weights)):
+        (name, value), weights[i] = weights[i], None
+        if dtype is not None:
+            value = value.astype(dtype)
+        prefix, leaf = name.rsplit(".", 1)
+        module = _module_at(model, prefix)
+        if isinstance(module, StreamingConv1d) and leaf == "weight":
+            value = in_out_order(value, (1, 2, 0))  # [C_out, K, C_in] read as [K, C_in, C_out]
+        elif ((isinstance(module, nn.Linear) and leaf == "weight")
+              or (isinstance(module, Codebook) and leaf == "embedding")):
+            value = in_out_order(value, (1, 0))  # [out, in] read as [in, out]
+        elif isinstance(module, StreamingConvTranspose1d) and leaf == "weight":
+            value = mx.contiguous(value)  # [C_in, K', C_out] is already the matmul's [C_in, K' * C_out]
+        mx.eval(value)
+        out.append((name, value))
+    return out
 
 
 def _convert(model: Mimi, tensors: dict[str, mx.array], path: Path) -> list[tuple[str, mx.array]]:
