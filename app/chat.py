@@ -167,7 +167,7 @@ def run(a: argparse.Namespace) -> int:
         try:
             mx.set_default_stream(mx.new_stream(mx.default_device()))
             engine.reset()
-            engine.warmup()
+            engine.warmup(pipelined=a.engine == "pipelined")
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             session.error = e
             stop.set()
@@ -206,6 +206,7 @@ def run(a: argparse.Namespace) -> int:
         stop.set()
         go.set()
         worker.join()
+        engine.close()  # the pipeline's stage threads
         if recorder is not None:
             session.flush_input()
             recorder.write(session.drain_recording())

@@ -79,6 +79,7 @@ class Engine:
                              f"expects {cfg.card}: they are not from the same checkpoint")
         self.lm_device = mx.default_device()
         self.codec_device = pick_codec_device(codec_device, self.lm_device)
+        self._pipeline = None
         self.reset()
 
     def reset(self, seed: int | None = None) -> None:
@@ -93,14 +94,21 @@ class Engine:
         self.text = TextDecoder(self.tokenizer) if self.tokenizer is not None else None
         self.frame = 0
 
-    def warmup(self, steps: int = 3) -> None:
+    def warmup(self, steps: int = 3, pipelined: bool = False) -> None:
         """Runs a few silent steps (compiles graphs, allocates caches), then starts afresh.
 
-        Without it the first real seconds stutter while MLX builds and compiles.
+        Without it the first real seconds stutter while MLX builds and compiles. MLX keeps compiled graphs
+        per thread, so warm up the way the conversation will run: `pipelined=True` before `stream`, else
+        on the thread that will call `step`.
         """
         silence = np.zeros(FRAME_SIZE, dtype=np.float32)
-        for _ in range(max(steps, self.lm.config.max_delay + 1)):
-            self.step(silence)
+        frames = [silence] * max(steps, self.lm.config.max_delay + 1)
+        if pipelined:
+            for _ in self.stream(frames):
+                pass
+        else:
+            for frame in frames:
+                self.step(frame)
         self.reset()
 
     def step(self, pcm_frame: np.ndarray) -> StepResult:
@@ -136,9 +144,17 @@ class Engine:
         Args:
             frames: float32 [1920] microphone frames at 24 kHz.
         """
-        from .pipeline import run_pipeline
+        if self._pipeline is None:
+            from .pipeline import Pipeline
 
-        return run_pipeline(self, frames)
+            self._pipeline = Pipeline(self)
+        return self._pipeline.run(frames)
+
+    def close(self) -> None:
+        """Ends the pipeline's threads, if `stream` started them (they also end with the process)."""
+        if self._pipeline is not None:
+            self._pipeline.close()
+            self._pipeline = None
 
     # ----------------------------------------------------------------- the stages
 

@@ -8,8 +8,12 @@ it computes, so the stages overlap even on a CPU); only evaluated NumPy arrays c
 The queues are bounded, results come out in input order, and the tokens and audio are exactly those of
 the serial `Engine.step` loop: each stage runs the same computation, only the threads differ.
 
+The stage threads live as long as the pipeline, not one run: MLX keeps compiled graphs per thread and
+stream, so new threads would trace every compiled step again at each run (a stutter at the start of a
+conversation). A warm-up run through the pipeline therefore leaves it ready.
+
 The engine knows nothing of threads: this module drives its stage methods (`encode`, `lm_step`,
-`decode`, `finish`).
+`decode`, `finish`, and `settle_*` to leave the state readable by any thread at the end of a run).
 """
 
 from __future__ import annotations
@@ -27,144 +31,161 @@ if TYPE_CHECKING:
     from .engine import Engine, StepResult
 
 QUEUE_FRAMES = 2
-"""Frames each queue holds: enough to keep every stage busy, few enough to add no latency."""
-
-_POLL_S = 0.05
-"""How often a blocked stage looks whether the pipeline was stopped."""
-
-_END = object()
+"""Frames each queue holds: enough to keep every stage busy, few enough to add little latency."""
 
 
-class _Stopped(Exception):
-    """The pipeline was stopped (by the caller, or by another stage's error)."""
+class _Run:
+    """One call of `Pipeline.run`: its frames, its stop flag and the first error of any stage."""
 
-
-class _Stage(threading.Thread):
-    """One stage: takes items from `source`, applies `work`, puts the results into `sink`."""
-
-    def __init__(self, name: str, device: mx.Device, source: Callable[[], Any], work: Callable[[Any], Any],
-                 sink: "queue.Queue", stop: threading.Event, on_exit: Callable[[], None]):
-        super().__init__(name=f"moshi-{name}", daemon=True)
-        self.device, self.source, self.work, self.sink, self.stop = device, source, work, sink, stop
-        self.on_exit = on_exit
+    def __init__(self, frames: Iterable[np.ndarray]):
+        self.source = iter(frames)
+        self.stop = threading.Event()
         self.error: BaseException | None = None
 
-    def run(self) -> None:
-        try:
-            mx.set_default_stream(mx.new_stream(self.device))
-            while True:
-                item = self.source()
-                if item is _END:
-                    break
-                _put(self.sink, self.work(item), self.stop)
-        except _Stopped:
-            pass
-        except BaseException as e:  # noqa: BLE001 - handed to the caller, who re-raises it
+    def fail(self, e: BaseException) -> None:
+        if self.error is None:
             self.error = e
-            self.stop.set()
-        finally:
-            try:
-                # Leave the state evaluated: lazy arrays on this thread's stream would be unusable by the
-                # next caller (another thread) once this thread has ended.
-                self.on_exit()
-            except BaseException as e:  # noqa: BLE001
-                self.error = self.error or e
-                self.stop.set()
-            try:
-                _put(self.sink, _END, self.stop)
-            except _Stopped:
-                pass
+        self.stop.set()
 
 
-def _put(q: "queue.Queue", item: Any, stop: threading.Event) -> None:
-    while True:
-        if stop.is_set():
-            raise _Stopped
-        try:
-            q.put(item, timeout=_POLL_S)
-            return
-        except queue.Full:
-            continue
+class _End:
+    """Marks the end of a run in a queue."""
+
+    def __init__(self, run: _Run):
+        self.run = run
 
 
-def _get(q: "queue.Queue", stop: threading.Event) -> Any:
-    while True:
-        try:
-            return q.get(timeout=_POLL_S)
-        except queue.Empty:
-            if stop.is_set():
-                raise _Stopped from None
+_QUIT = object()
 
 
-def run_pipeline(engine: "Engine", frames: Iterable[np.ndarray]) -> Iterator["StepResult"]:
-    """Streams `frames` through the engine's stages on three threads; see `Engine.stream`.
+class Pipeline:
+    """Runs an engine's stages on three long-lived threads; one run at a time.
 
-    Stopping early (closing the iterator) stops the stages after their current frame; the encode stage
-    may stay blocked inside `frames` until that iterator yields or ends.
+    Args:
+        engine: the engine whose stage methods run here.
+        queue_frames: frames each inter-stage queue holds.
     """
-    stop = threading.Event()
-    to_lm: queue.Queue = queue.Queue(QUEUE_FRAMES)
-    to_decode: queue.Queue = queue.Queue(QUEUE_FRAMES)
-    done: queue.Queue = queue.Queue(QUEUE_FRAMES)
-    source = iter(frames)
-    in_source = threading.Event()
 
-    def next_frame():
-        in_source.set()
+    def __init__(self, engine: "Engine", queue_frames: int = QUEUE_FRAMES):
+        self.engine = engine
+        self._runs: queue.Queue = queue.Queue()
+        self._to_lm: queue.Queue = queue.Queue(queue_frames)
+        self._to_decode: queue.Queue = queue.Queue(queue_frames)
+        self._done: queue.Queue = queue.Queue(queue_frames)
+        self._lock = threading.Lock()  # one run at a time
+        codec, lm = engine.codec_device, engine.lm_device
+        self._threads = [
+            threading.Thread(target=self._encode_loop, args=(codec,), name="moshi-encode", daemon=True),
+            threading.Thread(target=self._stage_loop, name="moshi-lm", daemon=True,
+                             args=(lm, self._to_lm, self._to_decode, self._lm_step, engine.settle_lm)),
+            threading.Thread(target=self._stage_loop, name="moshi-decode", daemon=True,
+                             args=(codec, self._to_decode, self._done, self._decode, engine.settle_decoder)),
+        ]
+        for t in self._threads:
+            t.start()
+
+    # ----------------------------------------------------------------- the caller's side
+
+    def run(self, frames: Iterable[np.ndarray]) -> Iterator["StepResult"]:
+        """Streams `frames` through the stages; see `Engine.stream`.
+
+        Closing the iterator early stops the run after the frames in flight; it returns once every stage
+        has finished the run, which needs `frames` to yield or end (a live source should end when asked).
+        """
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("the engine is already streaming: one stream at a time")
+        run, started, ended = _Run(frames), False, False
         try:
-            frame = next(source)
-        except StopIteration:
-            return _END
+            self.engine.settle()  # state made on the caller's stream must be readable from the stage threads
+            self._runs.put(run)
+            started = True
+            while True:
+                item = self._done.get()
+                if isinstance(item, _End):
+                    ended = True
+                    break
+                if run.stop.is_set():
+                    continue  # stopped: drain what is still in flight
+                _, t_in, took, token, moshi_codes, pcm = item
+                yield self.engine.finish(token, moshi_codes, pcm, latency_s=time.perf_counter() - t_in,
+                                         stage_ms=tuple(1000.0 * t for t in took))
         finally:
-            in_source.clear()
-        if stop.is_set():
-            raise _Stopped
-        return time.perf_counter(), frame
+            run.stop.set()
+            if started and not ended:
+                while not isinstance(self._done.get(), _End):  # let every stage finish this run
+                    pass
+            self._lock.release()
+        if run.error is not None:
+            raise run.error
 
-    def encode(item):
-        t_in, frame = item
-        t0 = time.perf_counter()
-        codes = engine.encode(frame)
-        return t_in, (time.perf_counter() - t0,), codes
+    def close(self) -> None:
+        """Ends the stage threads (after the current run)."""
+        if not any(t.is_alive() for t in self._threads):
+            return
+        self._runs.put(_QUIT)
+        for t in self._threads:
+            t.join()
 
-    def lm_step(item):
-        t_in, took, codes = item
-        t0 = time.perf_counter()
-        token, moshi_codes = engine.lm_step(codes)
-        return t_in, took + (time.perf_counter() - t0,), token, moshi_codes
+    # ----------------------------------------------------------------- the stage threads
 
-    def decode(item):
-        t_in, took, token, moshi_codes = item
-        t0 = time.perf_counter()
-        pcm = engine.decode(moshi_codes)
-        return t_in, took + (time.perf_counter() - t0,), token, moshi_codes, pcm
-
-    codec, lm = engine.codec_device, engine.lm_device
-    stages = [
-        _Stage("encode", codec, next_frame, encode, to_lm, stop, engine.settle_encoder),
-        _Stage("lm", lm, lambda: _get(to_lm, stop), lm_step, to_decode, stop, engine.settle_lm),
-        _Stage("decode", codec, lambda: _get(to_decode, stop), decode, done, stop, engine.settle_decoder),
-    ]
-    engine.settle()  # states made on the caller's stream must be readable from the stage threads
-    for s in stages:
-        s.start()
-    try:
+    def _encode_loop(self, device: mx.Device) -> None:
+        mx.set_default_stream(mx.new_stream(device))
         while True:
+            run = self._runs.get()
+            if run is _QUIT:
+                self._to_lm.put(_QUIT)
+                return
             try:
-                item = _get(done, stop)
-            except _Stopped:
-                break
-            if item is _END:
-                break
-            t_in, took, token, moshi_codes, pcm = item
-            yield engine.finish(token, moshi_codes, pcm, latency_s=time.perf_counter() - t_in,
-                                stage_ms=tuple(1000.0 * t for t in took))
-    finally:
-        stop.set()
-        for s in stages:
-            # The encode stage may be waiting inside the caller's iterator: it ends when that yields.
-            if not (s is stages[0] and in_source.is_set()):
-                s.join()
-    for s in stages:
-        if s.error is not None:
-            raise s.error
+                while not run.stop.is_set():
+                    try:
+                        frame = next(run.source)
+                    except StopIteration:
+                        break
+                    if run.stop.is_set():
+                        break
+                    t_in = time.perf_counter()
+                    codes = self.engine.encode(frame)
+                    self._to_lm.put((run, t_in, (time.perf_counter() - t_in,), codes))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller, who re-raises it
+                run.fail(e)
+            self._settle(run, self.engine.settle_encoder)
+            self._to_lm.put(_End(run))
+
+    def _stage_loop(self, device: mx.Device, inbox: queue.Queue, outbox: queue.Queue,
+                    work: Callable[[tuple], tuple], settle: Callable[[], None]) -> None:
+        mx.set_default_stream(mx.new_stream(device))
+        while True:
+            item = inbox.get()
+            if item is _QUIT:
+                if outbox is not self._done:
+                    outbox.put(_QUIT)
+                return
+            if isinstance(item, _End):
+                self._settle(item.run, settle)
+                outbox.put(item)
+                continue
+            run = item[0]
+            if run.stop.is_set():
+                continue  # the run was stopped: skip the work
+            try:
+                t0 = time.perf_counter()
+                rest = work(item[3:])
+                outbox.put((run, item[1], item[2] + (time.perf_counter() - t0,), *rest))
+            except BaseException as e:  # noqa: BLE001
+                run.fail(e)
+
+    def _lm_step(self, item: tuple) -> tuple:
+        (codes,) = item
+        return self.engine.lm_step(codes)
+
+    def _decode(self, item: tuple) -> tuple:
+        token, moshi_codes = item
+        return token, moshi_codes, self.engine.decode(moshi_codes)
+
+    @staticmethod
+    def _settle(run: _Run, settle: Callable[[], None]) -> None:
+        # Leave the state evaluated: lazy arrays on this thread's stream cannot be read by another thread.
+        try:
+            settle()
+        except BaseException as e:  # noqa: BLE001
+            run.fail(e)

@@ -132,3 +132,20 @@ def test_stream_stops_early_and_reports_errors(model):
     engine.reset()
     with pytest.raises(ValueError, match="a frame is 1920 samples"):
         list(engine.stream(iter(bad)))
+
+
+def test_pipeline_warmup_leaves_nothing_to_trace(model):
+    """The stage threads outlive a run: after a pipelined warm-up, a conversation traces no compiled step
+    again (MLX keeps compiled graphs per thread, so new threads would stutter at every start)."""
+    engine = model.engine(SamplingParams(seed=2))
+    engine.warmup(pipelined=True)
+    traces = dict(model.mimi._compiled_steps.traces)
+    pcm = voice_like(6)
+    for _ in range(2):
+        engine.reset()
+        assert len(list(engine.stream(pcm[i * FRAME_SIZE:(i + 1) * FRAME_SIZE] for i in range(6)))) == 6
+    assert model.mimi._compiled_steps.traces == traces
+    engine.close()
+    engine.reset()
+    assert len(list(engine.stream(iter([pcm[:FRAME_SIZE]])))) == 1  # a new pipeline after close()
+    engine.close()

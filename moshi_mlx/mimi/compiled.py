@@ -5,7 +5,7 @@ A step is a pure function `(input, state arrays) -> (output, new state arrays)`:
 rings, the transformer's 0-d int32 position, the down-sampler's first-call flag), the traced function rebuilds
 a state around them, runs the same layer code as the eager path, and returns the arrays it left there. Nothing
 in a step depends on a Python value that changes between frames, so a shape is traced once. (MLX keeps its
-compiled graphs per thread and stream: a new thread, such as each stage of a new pipeline, traces again.)
+compiled graphs per thread and stream: a new thread traces again, which is why the pipeline keeps its stage threads.)
 
 The compiled functions hold the weights they traced as constants: `CompiledSteps.for_model` rebuilds them when
 the model's parameters are no longer the same array objects (after `load_weights`, `update`, `set_dtype`).
