@@ -128,6 +128,7 @@ class DuplexSession:
         self._to_device = Resampler(SAMPLE_RATE, self.device_rate)
         self._model_in = SampleRing(4 * FRAME_SIZE + 2 * self.block_size + 64)
         self._mic_read = 0  # device samples taken from the mic ring (skipped ones included)
+        self._silent_samples = 0  # consecutive all-zero microphone samples
         self._frame_adc: deque = deque()  # capture time of each yielded frame's last sample, in order
         self.error: BaseException | None = None
 
@@ -167,10 +168,17 @@ class DuplexSession:
         # Up-sampling makes more samples than it reads: take only what fits once resampled.
         room = max(1, (self._model_in.space() - 2) * self.device_rate // SAMPLE_RATE)
         n = min(have, room)
+        if self.echo is not None:
+            n -= n % self.block_size  # whole device blocks: whole 10 ms frames for AEC3, no added delay
         if n <= 0:
             return 0
         raw, played = self.mic.read(n), self.played.read(n)
         self._mic_read += n
+        # Levels from the raw microphone: after cancellation a dead microphone still carries comfort noise.
+        peak = float(np.abs(raw).max())
+        self.stats.input_level = peak
+        self._silent_samples = self._silent_samples + n if peak == 0.0 else 0
+        self.stats.silent_input_frames = self._silent_samples * SAMPLE_RATE // self.device_rate // FRAME_SIZE
         mic = raw
         if self.echo is not None:
             mic = self.echo.process(raw, played)
@@ -208,9 +216,6 @@ class DuplexSession:
         # The frame's last sample left the microphone ring this many samples (at the device rate) ago.
         in_model_ring = (self._model_in.available() + self._to_model.delay) * self.device_rate // SAMPLE_RATE
         self._frame_adc.append(self.timing.adc_time(max(0, self._mic_read - 1 - in_model_ring)))
-        peak = float(np.abs(frame).max())
-        self.stats.input_level = peak
-        self.stats.silent_input_frames = self.stats.silent_input_frames + 1 if peak == 0.0 else 0
         return frame
 
     # ------------------------------------------------------------------ output side

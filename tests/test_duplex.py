@@ -261,3 +261,31 @@ def test_echo_canceller_sees_every_block_and_the_recording_keeps_three_channels(
     np.testing.assert_array_equal(rec[:, 1], np.concatenate(dev.played))  # what the speaker got
     np.testing.assert_allclose(rec[:, 0], rec[:, 2] - 0.8 * rec[:, 1], atol=1e-6)  # after cancellation
     assert session.stats.echo_cancel and session.stats.echo_reduction_db == 30.0
+
+
+def test_slow_model_with_echo_cancellation_keeps_whole_blocks():
+    """A step slower than several blocks leaves odd amounts in the rings: the canceller still gets whole
+    device blocks (whole 10 ms frames for AEC3), and a dead microphone is noticed under Moshi's voice."""
+    from app.echo import EchoCanceller
+
+    dev = FakeDevice(np.zeros(6 * SAMPLE_RATE, np.float32))
+    canceller = EchoCanceller(SAMPLE_RATE, block_size=FRAME_SIZE)
+    lengths = []
+    real = canceller.process
+
+    def process(near, far):
+        lengths.append(len(near))
+        return real(near, far)
+
+    canceller.process = process
+
+    def slow(frame):
+        dev.advance(0.6)
+        return 0.3 * np.sin(np.arange(FRAME_SIZE) * 0.05).astype(np.float32), None
+
+    session = DuplexSession(slow, echo=canceller, max_backlog_frames=2)
+    dev.run(session)
+    assert session.error is None and lengths
+    assert all(n % FRAME_SIZE == 0 for n in lengths), lengths
+    assert not canceller.switched
+    assert session.stats.silent_input_frames >= 30
