@@ -83,6 +83,10 @@ def test_chat_on_the_virtual_card(virtual_card, tiny_checkpoint, tmp_path):
     assert summary, err
     frames, skipped, callbacks, xruns, underruns = map(int, summary.groups()[:5])
     mean_step = float(summary.group(6))
+    latency = re.search(r"latency median (\d+) ms, p90 (\d+) ms", err)
+    assert latency, err
+    # from the microphone's ADC to the speaker's DAC: at least the compute, plus the card's round trip
+    assert mean_step <= int(latency.group(1)) <= int(latency.group(2)) < 2000
     # ~11 s of 80 ms blocks, and every block the device gave was either stepped or skipped
     assert callbacks >= (SESSION_SECONDS - 1) * SAMPLE_RATE / FRAME_SIZE
     assert callbacks - 6 <= frames + skipped <= callbacks
@@ -90,22 +94,25 @@ def test_chat_on_the_virtual_card(virtual_card, tiny_checkpoint, tmp_path):
     print(f"\nchat on the virtual card: {frames} frames, {skipped} skipped, {callbacks} callbacks, "
           f"{xruns} xruns, {underruns} underruns, mean step {mean_step:.1f} ms")
 
-    # SIGINT left a complete recording: one WAV (mic left, Moshi right) + transcript
+    # SIGINT left a complete recording: one WAV (mic after echo cancellation, Moshi, raw mic) + transcript
     wavs, jsons = sorted(rec_dir.glob("*.wav")), sorted(rec_dir.glob("*.json"))
     assert len(wavs) == 1 and len(jsons) == 1 and not list(rec_dir.glob("*.partial"))
     rec, rate = read_wav(wavs[0])
-    assert rate == SAMPLE_RATE and rec.shape[1] == 2
+    assert rate == SAMPLE_RATE and rec.shape[1] == 3
     assert abs(len(rec) - callbacks * FRAME_SIZE) <= 2 * FRAME_SIZE
     meta = json.loads(jsons[0].read_text())
     assert meta["seconds"] == pytest.approx(len(rec) / SAMPLE_RATE, abs=0.01)
 
     # the microphone reached the app (and so the model): its recorded track holds the injected WAV, piece
     # by piece (the sound server may slip a few samples mid-stream, so each half second is aligned alone)
-    pieces = segment_matches(question, rec[:, 0])
+    pieces = segment_matches(question, rec[:, 2])
     good = [c for _, c in pieces if c > 0.9]
-    assert len(good) >= 0.8 * len(pieces), f"mic track does not hold the injected WAV: {pieces}"
+    assert len(good) >= 0.8 * len(pieces), f"raw mic track does not hold the injected WAV: {pieces}"
     lags = [lag for lag, c in pieces if c > 0.9]
     assert lags == sorted(lags), f"the injected audio came out of order: {pieces}"
+    # the canceller kept the user's voice (this card has no acoustic path: there is no echo to remove)
+    cleaned = segment_matches(question, rec[:, 0])
+    assert sum(c > 0.8 for _, c in cleaned) >= 0.8 * len(cleaned), f"cancellation lost the voice: {cleaned}"
     # Moshi's frames reached the speaker: the app played audio, and the card's speaker side carries it
     spk = rec[:, 1]
     assert np.abs(spk).max() > 0.01
