@@ -121,3 +121,34 @@ def test_chat_on_the_virtual_card(virtual_card, tiny_checkpoint, tmp_path):
     ref = spk[start:start + 3 * SAMPLE_RATE]
     _, corr_spk = lag_and_corr(ref, played, max_lag=len(played) - len(ref))
     assert corr_spk > 0.9, f"the speaker did not receive Moshi's audio (corr {corr_spk:.3f})"
+
+
+def test_kill_9_leaves_a_valid_recording(virtual_card, tiny_checkpoint, tmp_path):
+    """The recording streams to disk: a chat killed without warning leaves a WAV any reader opens,
+    missing at most the last two seconds, and a transcript no older than a few seconds."""
+    import wave
+
+    rec_dir = tmp_path / "rec"
+    cmd = [sys.executable, "-m", "app.chat", "--model", str(tiny_checkpoint), "--record", str(rec_dir),
+           "--quiet", "--seed", "1", "--silence-timeout", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("listening:"):
+            break
+    else:
+        pytest.fail("chat never started listening:\n" + "".join(lines))
+    time.sleep(8.0)
+    proc.kill()
+    proc.wait(timeout=10)
+    (wav_path,) = rec_dir.glob("*.wav")
+    with wave.open(str(wav_path)) as w:
+        seconds = w.getnframes() / w.getframerate()
+        assert w.getnchannels() == 3
+    rec, rate = read_wav(wav_path)
+    assert len(rec) / rate == pytest.approx(seconds)
+    assert seconds >= 8.0 - 2.0, seconds
+    (js,) = rec_dir.glob("*.json")
+    assert json.loads(js.read_text())["seconds"] >= 8.0 - 5.0
