@@ -164,19 +164,24 @@ def run(a: argparse.Namespace) -> int:
         pipelined engine adds its stage threads."""
         import mlx.core as mx
 
+        from moshi_mlx.threads import release_thread_state
+
         try:
-            mx.set_default_stream(mx.new_stream(mx.default_device()))
-            engine.reset()
-            engine.warmup(pipelined=a.engine == "pipelined")
-        except BaseException as e:  # noqa: BLE001 - reported by the main thread
-            session.error = e
-            stop.set()
-            return
+            try:
+                mx.set_default_stream(mx.new_stream(mx.default_device()))
+                engine.reset()
+                engine.warmup(pipelined=a.engine == "pipelined")
+            except BaseException as e:  # noqa: BLE001 - reported by the main thread
+                session.error = e
+                stop.set()
+                return
+            finally:
+                ready.set()
+            go.wait()
+            if not stop.is_set():
+                session.run(stop)
         finally:
-            ready.set()
-        go.wait()
-        if not stop.is_set():
-            session.run(stop)
+            release_thread_state()  # MLX's per-thread state must not outlive this thread's Python state
 
     worker = threading.Thread(target=inference, name="moshi-inference")
     recorder = None
@@ -400,13 +405,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # before the conversation started (loading, warm-up): nothing to save
         print("interrupted", file=sys.stderr)
         code = 130
-    if __name__ == "__main__" or sys.argv[0].endswith("moshi-mlx-chat"):
-        # Everything is written and the stream is closed. After long sessions, tearing down the native
-        # libraries' threads at interpreter exit has aborted the process ("terminate called without an
-        # active exception", seen after 1- and 30-minute runs): leave without that teardown.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
     return code
 
 

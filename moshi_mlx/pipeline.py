@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import mlx.core as mx
 import numpy as np
 
+from .threads import release_thread_state
+
 if TYPE_CHECKING:
     from .engine import Engine, StepResult
 
@@ -119,7 +121,11 @@ class Pipeline:
             raise run.error
 
     def close(self) -> None:
-        """Ends the stage threads (after the current run)."""
+        """Ends the stage threads (after the current run), each freeing its MLX state first.
+
+        Not required before exit: idle stage threads are daemons waiting on a queue, which never run
+        again (tests/test_clean_exit.py); a thread that ends, though, must free its MLX state itself.
+        """
         if not any(t.is_alive() for t in self._threads):
             return
         self._runs.put(_QUIT)
@@ -129,11 +135,13 @@ class Pipeline:
     # ----------------------------------------------------------------- the stage threads
 
     def _encode_loop(self, device: mx.Device) -> None:
-        mx.set_default_stream(mx.new_stream(device))
+        stream = mx.new_stream(device)
+        mx.set_default_stream(stream)
         while True:
             run = self._runs.get()
             if run is _QUIT:
                 self._to_lm.put(_QUIT)
+                release_thread_state(stream)
                 return
             try:
                 while not run.stop.is_set():
@@ -153,12 +161,14 @@ class Pipeline:
 
     def _stage_loop(self, device: mx.Device, inbox: queue.Queue, outbox: queue.Queue,
                     work: Callable[[tuple], tuple], settle: Callable[[], None]) -> None:
-        mx.set_default_stream(mx.new_stream(device))
+        stream = mx.new_stream(device)
+        mx.set_default_stream(stream)
         while True:
             item = inbox.get()
             if item is _QUIT:
                 if outbox is not self._done:
                     outbox.put(_QUIT)
+                release_thread_state(stream)
                 return
             if isinstance(item, _End):
                 self._settle(item.run, settle)
@@ -189,3 +199,4 @@ class Pipeline:
             settle()
         except BaseException as e:  # noqa: BLE001
             run.fail(e)
+

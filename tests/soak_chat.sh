@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Soak test (not in CI): moshi-mlx-chat on the virtual sound card for MINUTES (default 30) with a tiny
-# random model, speech-like audio injected into the microphone in a loop; the chat appends its statistics
-# every 10 s to a CSV; the summary compares the first and last minutes (memory must stay flat, step time
-# must not grow).
+# random model, speech-like audio injected into the microphone in a loop, recording the conversation to
+# disk (--record); the chat appends its statistics every 10 s to a CSV; the summary compares the first and
+# last minutes (memory must stay flat, step time must not grow). To keep the shared card free for other
+# tests, run it on a card of its own: AUDIO_RUNTIME_DIR=/tmp/audio-ci-soak AUDIO_CLIENT_CONF=/tmp/x.conf
+# PULSE_SERVER=unix:/tmp/audio-ci-soak/pulse/native bash tests/soak_chat.sh
 #   bash tests/soak_chat.sh [MINUTES] [OUT_DIR]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +28,7 @@ f = 150 + 100 * np.sin(2 * np.pi * 0.7 * t)
 x = 0.4 * np.sin(2 * np.pi * np.cumsum(f) / 24000) * (0.6 + 0.4 * np.sin(2 * np.pi * 2.5 * t))
 write_wav(out / "speech.wav", x, 24000)
 PY
-rm -f "$out/stats.csv"
+rm -rf "$out/stats.csv" "$out/rec"
 # The feeder loops while its flag file exists; the trap removes it and ends the player it may be waiting on
 # (a signal alone can leave the loop running, still talking into the microphone of later tests).
 touch "$out/feeding"
@@ -35,9 +37,10 @@ feeder=$!
 stop_feeder() { rm -f "$out/feeding"; pkill -P "$feeder" 2>/dev/null || true; kill "$feeder" 2>/dev/null || true; }
 trap stop_feeder EXIT
 .venv/bin/python -m app.chat --model "$out/model" --quiet --seed 1 --silence-timeout 0 \
-  --duration "$((minutes * 60))" --stats-log "$out/stats.csv" > "$out/chat.out" 2> "$out/chat.err"
+  --duration "$((minutes * 60))" --stats-log "$out/stats.csv" --record "$out/rec" > "$out/chat.out" 2> "$out/chat.err"
 stop_feeder
-tail -n 1 "$out/chat.err"
+tail -n 2 "$out/chat.err"
+ls -l "$out"/rec/*.wav
 .venv/bin/python - "$out/stats.csv" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
