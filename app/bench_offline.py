@@ -85,7 +85,10 @@ def run_ours(folder: Path, seconds: float, warmup: float) -> dict:
     t0 = time.perf_counter()
     engine.run_offline(pcm)
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "audio_s": len(pcm) / RATE, "peak_rss_mb": peak_rss_mb(), "blas": blas.probe()}
+    import mlx.core as mx
+
+    return {"wall_s": wall, "audio_s": len(pcm) / RATE, "peak_rss_mb": peak_rss_mb(), "blas": blas.probe(),
+            "mlx": mx.__version__}
 
 
 def run_kyutai(folder: Path, seconds: float, warmup: float) -> dict:
@@ -139,7 +142,7 @@ def run_kyutai(folder: Path, seconds: float, warmup: float) -> dict:
     chain(pcm)
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "audio_s": len(pcm) // FRAME * FRAME / RATE, "peak_rss_mb": peak_rss_mb(),
-            "blas": blas.probe()}
+            "blas": blas.probe(), "mlx": mx.__version__}
 
 
 def main(argv=None) -> int:
@@ -166,6 +169,9 @@ def main(argv=None) -> int:
         a.checkpoint = make_checkpoint(a.out, a.precision)
     a.checkpoint = a.checkpoint.resolve()  # Kyutai's side runs from /
     rows = {}
+    # Each side on its own MLX (ours needs >= 0.32: its pipeline evaluates from three threads). The CPU
+    # kernels differ between versions (bf16 matvecs of 16k-32k rows: ~1.5x slower in 0.32.4 than 0.26.5);
+    # `moshi-mlx-bench lm` has an ours@ref row that compares the LM step on one MLX.
     for side, python in (("ours", sys.executable), ("kyutai", a.ref_python)):
         cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--checkpoint", str(a.checkpoint),
                "--seconds", str(a.seconds), "--warmup-seconds", str(a.warmup_seconds)]
@@ -178,9 +184,9 @@ def main(argv=None) -> int:
         rows[side] = json.loads(r.stdout.strip().splitlines()[-1])
     print(f"checkpoint {a.checkpoint}, {a.seconds:g} s of input after {a.warmup_seconds:g} s of warm-up; "
           f"{blas_header}")
-    print(f"{'':8} {'wall s':>8} {'RTF':>7} {'peak RSS MB':>12}")
+    print(f"{'':8} {'wall s':>8} {'RTF':>7} {'peak RSS MB':>12}  mlx")
     for side, r in rows.items():
-        print(f"{side:8} {r['wall_s']:8.2f} {r['wall_s'] / r['audio_s']:7.3f} {r['peak_rss_mb']:12.0f}")
+        print(f"{side:8} {r['wall_s']:8.2f} {r['wall_s'] / r['audio_s']:7.3f} {r['peak_rss_mb']:12.0f}  {r['mlx']}")
     print(f"ours / kyutai wall time: {rows['ours']['wall_s'] / rows['kyutai']['wall_s']:.2f}")
     print(f"BLAS check ({blas.PROBE_SIZE}^2 fp32 matmul on the CPU, in each worker): "
           + "; ".join(f"{side} {blas.describe(a.blas, r['blas'])}" for side, r in rows.items()))

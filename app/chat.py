@@ -11,7 +11,6 @@ conversation goes, so a crash loses at most the last two seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading

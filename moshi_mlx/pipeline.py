@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import mlx.core as mx
 import numpy as np

@@ -8,18 +8,16 @@ the step time, and that SIGINT leaves a complete recording.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 
 from card import BusRecorder, inject, lag_and_corr
+from chat_process import ChatProcess
 from moshi_mlx.audio import read_wav, write_wav
 from moshi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
 
@@ -50,32 +48,18 @@ def test_chat_on_the_virtual_card(virtual_card, tiny_checkpoint, tmp_path):
     question = speech_like(6.0)
     write_wav(wav, question, SAMPLE_RATE)
     rec_dir = tmp_path / "rec"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "app.chat", "--model", str(tiny_checkpoint), "--record", str(rec_dir),
            "--quiet", "--seed", "1", "--silence-timeout", "0"]
     with BusRecorder() as bus:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-        lines: list[str] = []
-        listening = threading.Event()
-
-        def read_stderr():
-            for line in proc.stderr:
-                lines.append(line)
-                if line.startswith("listening:"):
-                    listening.set()
-
-        reader = threading.Thread(target=read_stderr, daemon=True)
-        reader.start()
-        assert listening.wait(180), "chat never started listening:\n" + "".join(lines)
+        chat = ChatProcess(cmd)
+        chat.wait_listening()
         t0 = time.monotonic()
         time.sleep(0.3)
         inject(wav)
         time.sleep(max(0.0, SESSION_SECONDS - (time.monotonic() - t0)))
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-        reader.join(timeout=5)
-    err = "".join(lines)
-    assert proc.returncode == 0, err
+        code = chat.stop()
+    err = chat.stderr
+    assert code == 0, err
     assert "Traceback" not in err
 
     summary = re.search(r"(\d+) frames .*?(\d+) skipped, (\d+) callbacks, (\d+) xruns, (\d+) speaker underruns, "
@@ -131,18 +115,10 @@ def test_kill_9_leaves_a_valid_recording(virtual_card, tiny_checkpoint, tmp_path
     rec_dir = tmp_path / "rec"
     cmd = [sys.executable, "-m", "app.chat", "--model", str(tiny_checkpoint), "--record", str(rec_dir),
            "--quiet", "--seed", "1", "--silence-timeout", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    lines = []
-    for line in proc.stderr:
-        lines.append(line)
-        if line.startswith("listening:"):
-            break
-    else:
-        pytest.fail("chat never started listening:\n" + "".join(lines))
+    chat = ChatProcess(cmd)
+    chat.wait_listening()
     time.sleep(8.0)
-    proc.kill()
-    proc.wait(timeout=10)
+    chat.stop(signal.SIGKILL)
     (wav_path,) = rec_dir.glob("*.wav")
     with wave.open(str(wav_path)) as w:
         seconds = w.getnframes() / w.getframerate()

@@ -12,9 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -58,6 +56,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_speakerphone_cancels_the_echo_and_keeps_the_user(virtual_card, tiny_checkpoint, tmp_path):
     from card import RoomFeeder
+    from chat_process import ChatProcess
     from room import room_response, score_echo, speech_like
 
     script = tmp_path / "gated_chat.py"
@@ -65,36 +64,22 @@ def test_speakerphone_cancels_the_echo_and_keeps_the_user(virtual_card, tiny_che
     rec_dir = tmp_path / "rec"
     cmd = [sys.executable, str(script), "--model", str(tiny_checkpoint), "--record", str(rec_dir), "--quiet",
            "--seed", "1", "--silence-timeout", "0", "--stats-log", str(tmp_path / "stats.csv")]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.getcwd())
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
     user = speech_like(USER_TALKS_FOR, SAMPLE_RATE, "high", seed=4, rms_db=-26.0)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    lines: list[str] = []
-    listening = threading.Event()
-
-    def read_stderr():
-        for line in proc.stderr:
-            lines.append(line)
-            if line.startswith("listening:"):
-                listening.set()
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
+    chat = ChatProcess(cmd, env)
     try:
-        assert listening.wait(180), "chat never started listening:\n" + "".join(lines)
+        chat.wait_listening()
         t0 = time.monotonic()
         # The room starts with the conversation: its ground truth then maps onto the chat's recording.
         with RoomFeeder(room_response(ROOM_DELAY_S, SAMPLE_RATE, gain=0.5)) as room:
             time.sleep(max(0.0, USER_TALKS_FROM - (time.monotonic() - t0)))
             room.say(user)
             time.sleep(max(0.0, SESSION_S - (time.monotonic() - t0)))
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=60)
+            code = chat.stop()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(timeout=5)
-    err = "".join(lines)
-    assert proc.returncode == 0, err
+        chat.stop(signal.SIGKILL)
+    err = chat.stderr
+    assert code == 0, err
     assert "Traceback" not in err
 
     (wav,) = sorted(rec_dir.glob("*.wav"))
