@@ -199,18 +199,22 @@ class DuplexSession:
                 return None
             missing = FRAME_SIZE - self._model_in.available()
             self.sleep(max(0.001, min(0.02, missing / SAMPLE_RATE)))
-        waiting = self._model_in.available() + self.mic.available() * SAMPLE_RATE // self.device_rate
-        backlog = waiting // FRAME_SIZE
-        self.stats.backlog_frames = backlog
-        if backlog > self.max_backlog_frames:
+        waiting = (self._model_in.available() + self.mic.available() * SAMPLE_RATE // self.device_rate) // FRAME_SIZE
+        # Frames handed to the model and not answered yet: a pipelined model holds up to one per stage.
+        in_flight = len(self._frame_adc)
+        self.stats.backlog_frames = waiting + in_flight
+        if waiting + in_flight > self.max_backlog_frames:
             # Too far behind: drop whole frames from the front, keep the newest, so latency cannot grow
             # without bound. Dropped blocks still go through the canceller and into the recording.
-            to_drop, dropped = (backlog - 1) * FRAME_SIZE, 0
+            keep = max(1, self.max_backlog_frames - in_flight)
+            to_drop, dropped = (waiting - keep) * FRAME_SIZE, 0
             while dropped < to_drop:
                 dropped += self._model_in.skip(min(to_drop - dropped, self._model_in.available()))
                 if dropped < to_drop and not self._take_blocks():
                     break
             self.stats.skipped_frames += dropped // FRAME_SIZE
+            if in_flight >= self.max_backlog_frames:
+                self.sleep(0.005)  # the model holds enough frames: the newest waits here, staying fresh
             return None
         frame = self._model_in.read(FRAME_SIZE)
         # The frame's last sample left the microphone ring this many samples (at the device rate) ago.
