@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# Tests interrupt their subprocesses (the chat, the converter, parec) with SIGINT, as Ctrl-C does. A shell
+# that starts the suite in the background (`bash .ci/run &`) leaves SIGINT ignored, and an ignored signal
+# stays ignored across exec: give it a handler here, which every exec'd child then resets to the default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def fixture_dir(name: str) -> Path:
