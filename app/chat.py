@@ -18,7 +18,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from app.cli_common import add_model_args, add_sampling_args, fail, load_model, sampling_from_args
+from app.cli_common import (add_codec_device_arg, add_model_args, add_sampling_args, check_codec_device, fail, load_model,
+                            make_engine, sampling_from_args)
 from moshi_mlx.constants import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
 
 VOICES = {"moshiko": "kyutai/moshiko-mlx", "moshika": "kyutai/moshika-mlx"}
@@ -58,9 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--engine", choices=["pipelined", "serial"], default="pipelined",
                    help="pipelined: encode, LM and decode of successive frames on three threads (default); "
                    "serial: one thread, a frame costs their sum")
-    p.add_argument("--codec-device", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="where Mimi runs: auto = the CPU when the LM is on Apple-Silicon's GPU (shared "
-                   "memory, the GPU left to the LM), else the LM's device")
+    add_codec_device_arg(p)
     add_sampling_args(p)
     p.add_argument("--max-backlog", type=int, default=3,
                    help="frames of input allowed to wait before old ones are skipped (default: 3)")
@@ -132,13 +131,11 @@ def run(a: argparse.Namespace) -> int:
         return 0
     devices, rate, block, device_info = open_stream_settings(sd, a)  # fail fast, before the model loads
     sampling = sampling_from_args(a)
+    check_codec_device(a)
     record_stem = check_outputs(a)
     echo = make_echo_canceller(a, rate, block)
     model = load_model(a, quiet=a.quiet)
-    try:
-        engine = model.engine(sampling, codec_device=a.codec_device)
-    except ValueError as e:
-        fail(str(e))
+    engine = make_engine(model, sampling, a)
 
     from app.duplex import DuplexSession
 

@@ -26,6 +26,29 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str | None) -> Non
                    help="LM activation dtype (default: the checkpoint's)")
 
 
+def add_codec_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--codec-device", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="where Mimi runs: auto = the CPU when the LM is on Apple-Silicon's GPU (shared "
+                   "memory, the GPU left to the LM), else the LM's device (default: auto)")
+
+
+def check_codec_device(a: argparse.Namespace) -> None:
+    """Refuses a --codec-device this machine lacks, before the model loads."""
+    import mlx.core as mx
+
+    from moshi_mlx.engine import pick_codec_device
+
+    try:
+        pick_codec_device(a.codec_device, mx.default_device())
+    except ValueError as e:
+        fail(str(e))
+
+
+def make_engine(model, sampling, a: argparse.Namespace):
+    """The conversation engine with the CLI's codec device (checked by `check_codec_device`)."""
+    return model.engine(sampling, codec_device=a.codec_device)
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--seed", type=int, default=None, help="makes a run reproducible")

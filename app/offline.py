@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.cli_common import add_model_args, add_sampling_args, fail, load_model, sampling_from_args
+from app.cli_common import (add_codec_device_arg, add_model_args, add_sampling_args, check_codec_device, fail, load_model,
+                            make_engine, sampling_from_args)
 from moshi_mlx.audio import AudioFormatError, read_wav, resample, write_wav
 from moshi_mlx.constants import FRAME_RATE, SAMPLE_RATE
 from moshi_mlx.loading import DEFAULT_REPO
@@ -30,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--transcript", type=Path, default=None, help="also write the timed words as JSON")
     p.add_argument("--tail", type=float, default=2.0,
                    help="seconds of silence after the input so Moshi can finish (default: 2)")
+    add_codec_device_arg(p)
     add_sampling_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -65,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if args.tail < 0:
         fail(f"--tail must be >= 0, got {args.tail}")
     sampling = sampling_from_args(args)
+    check_codec_device(args)
     model = load_model(args, quiet=args.quiet)
-    engine = model.engine(sampling)
+    engine = make_engine(model, sampling, args)
     tail = int(round(args.tail * FRAME_RATE))
     start = time.perf_counter()
     if args.quiet:

@@ -135,3 +135,18 @@ def test_transcript_times_follow_the_frames_that_made_the_words(tiny_checkpoint,
     assert result.words[0].start_frame == 4 and result.words[0].start == pytest.approx(4 * 0.08)
     assert result.words[1].start_frame == 4 + len(hello) + 4
     assert list(result.text_tokens) == seq
+
+
+def test_codec_device(tiny_checkpoint, tmp_path, capsys):
+    """--codec-device cpu runs; a device the machine lacks is refused in one line, before the model loads."""
+    import mlx.core as mx
+
+    wav = tmp_path / "in.wav"
+    write_wav(wav, np.zeros(SAMPLE_RATE // 2, np.float32), SAMPLE_RATE)
+    code, _ = run_cli([wav, "--model", tiny_checkpoint, "--out", tmp_path / "r.wav", "--tail", 0, "--quiet",
+                       "--codec-device", "cpu"], capsys)
+    assert code == 0 and (tmp_path / "r.wav").exists()
+    if not mx.is_available(mx.gpu):
+        code, out = run_cli([wav, "--model", tmp_path / "no-such-model", "--out", tmp_path / "g.wav",
+                             "--codec-device", "gpu"], capsys)
+        assert code == 2 and "--codec-device gpu" in out.err and "no-such-model" not in out.err
