@@ -18,8 +18,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from app.cli_common import (add_codec_device_arg, add_model_args, add_sampling_args, check_codec_device, fail, load_model,
-                            make_engine, sampling_from_args)
+from app.cli_common import (add_codec_device_arg, add_model_args, add_sampling_args, bounded_float, bounded_int,
+                            check_codec_device, fail, load_model, make_engine, sampling_from_args)
 from moshi_mlx.constants import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
 
 VOICES = {"moshiko": "kyutai/moshiko-mlx", "moshika": "kyutai/moshika-mlx"}
@@ -61,11 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "serial: one thread, a frame costs their sum")
     add_codec_device_arg(p)
     add_sampling_args(p)
-    p.add_argument("--max-backlog", type=int, default=3,
+    p.add_argument("--max-backlog", type=bounded_int(1, 100), default=3,
                    help="frames of input allowed to wait before old ones are skipped (default: 3)")
-    p.add_argument("--silence-timeout", type=float, default=6.0,
+    p.add_argument("--silence-timeout", type=bounded_float(0.0, 3600.0), default=6.0,
                    help="stop if the microphone gives exact digital silence this long (default: 6 s)")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--duration", type=bounded_float(0.0, 1e7), default=None, help="stop after this many seconds")
     p.add_argument("--stats-log", type=Path, default=None, metavar="CSV",
                    help="append session statistics every 10 s to CSV (appends to an existing file): step "
                    "time, latency, echo reduction, backlog, xruns, memory")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import NoReturn
 
@@ -49,28 +50,57 @@ def make_engine(model, sampling, a: argparse.Namespace):
     return model.engine(sampling, codec_device=a.codec_device)
 
 
+MAX_SEED = 2**32 - 1
+MAX_TEMP = 100.0
+MAX_TOP_K = 1_000_000
+
+
+def bounded_float(low: float, high: float):
+    """argparse type: a finite number in [low, high] (nan, inf and out-of-range values are usage errors)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(v) or not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not in {low:g}..{high:g}")
+        return v
+    return parse
+
+
+def bounded_int(low: int, high: int):
+    """argparse type: a whole number in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not in {low}..{high}")
+        return v
+    return parse
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--seed", type=int, default=None, help="makes a run reproducible")
-    g.add_argument("--temp", type=float, default=None,
+    g.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=None,
+                   help=f"0..{MAX_SEED}: makes a run reproducible (default: a random seed)")
+    temp = bounded_float(0.0, MAX_TEMP)
+    g.add_argument("--temp", type=temp, default=None,
                    help="temperature for both text and audio (0 = greedy); overrides the two below")
-    g.add_argument("--text-temp", type=float, default=DEFAULT_TEXT_TEMP)
-    g.add_argument("--audio-temp", type=float, default=DEFAULT_AUDIO_TEMP)
-    g.add_argument("--text-top-k", type=int, default=DEFAULT_TEXT_TOP_K)
-    g.add_argument("--audio-top-k", type=int, default=DEFAULT_AUDIO_TOP_K)
+    g.add_argument("--text-temp", type=temp, default=DEFAULT_TEXT_TEMP, help="(default: %(default)s)")
+    g.add_argument("--audio-temp", type=temp, default=DEFAULT_AUDIO_TEMP, help="(default: %(default)s)")
+    top_k = bounded_int(0, MAX_TOP_K)
+    g.add_argument("--text-top-k", type=top_k, default=DEFAULT_TEXT_TOP_K, help="0 = no cut (default: %(default)s)")
+    g.add_argument("--audio-top-k", type=top_k, default=DEFAULT_AUDIO_TOP_K, help="0 = no cut (default: %(default)s)")
 
 
 def sampling_from_args(a: argparse.Namespace):
     from moshi_mlx.engine import SamplingParams
 
+    # Values were range-checked when parsed (bounded_float / bounded_int).
     text_temp = a.temp if a.temp is not None else a.text_temp
     audio_temp = a.temp if a.temp is not None else a.audio_temp
-    for name, v in (("temperature", text_temp), ("temperature", audio_temp)):
-        if v < 0:
-            fail(f"{name} must be >= 0, got {v}")
-    for name, v in (("--text-top-k", a.text_top_k), ("--audio-top-k", a.audio_top_k)):
-        if v < 0:
-            fail(f"{name} must be >= 0, got {v}")
     return SamplingParams(text_temp, a.text_top_k, audio_temp, a.audio_top_k, a.seed)
 
 

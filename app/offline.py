@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.cli_common import (add_codec_device_arg, add_model_args, add_sampling_args, check_codec_device, fail, load_model,
-                            make_engine, sampling_from_args)
+from app.cli_common import (add_codec_device_arg, add_model_args, add_sampling_args, bounded_float,
+                            check_codec_device, fail, load_model, make_engine, sampling_from_args)
+from app.outputs import OutputPathError, check_output_files
 from moshi_mlx.audio import AudioFormatError, read_wav, resample, write_wav
 from moshi_mlx.constants import FRAME_RATE, SAMPLE_RATE
 from moshi_mlx.loading import DEFAULT_REPO
@@ -29,20 +30,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("reply.wav"), help="Moshi's voice (default: reply.wav)")
     p.add_argument("--stereo", type=Path, default=None, help="also write user (left) + Moshi (right)")
     p.add_argument("--transcript", type=Path, default=None, help="also write the timed words as JSON")
-    p.add_argument("--tail", type=float, default=2.0,
-                   help="seconds of silence after the input so Moshi can finish (default: 2)")
+    p.add_argument("--tail", type=bounded_float(0.0, 600.0), default=2.0,
+                   help="seconds of silence after the input so Moshi can finish, 0-600 (default: 2)")
+    p.add_argument("--force", action="store_true", help="replace output files that exist")
     add_codec_device_arg(p)
     add_sampling_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
+MIN_RATE, MAX_RATE = 8_000, 192_000
+MAX_CHANNELS = 32
+MAX_SECONDS = 2 * 3600
+
+
 def read_input(path: Path) -> np.ndarray:
-    """Any WAV -> float32 mono 24 kHz."""
+    """Any WAV -> float32 mono 24 kHz; rates, channel counts and lengths no recording has are refused."""
     try:
         samples, rate = read_wav(path)
     except AudioFormatError as e:
         fail(str(e))
+    if not MIN_RATE <= rate <= MAX_RATE:
+        fail(f"{path}: the header says {rate} Hz; a recording is {MIN_RATE}-{MAX_RATE} Hz (damaged file?)")
+    if samples.shape[1] > MAX_CHANNELS:
+        fail(f"{path}: {samples.shape[1]} channels; at most {MAX_CHANNELS} are read")
+    if len(samples) > MAX_SECONDS * rate:
+        fail(f"{path}: {len(samples) / rate / 3600:.1f} h of audio; split it into parts of at most "
+             f"{MAX_SECONDS // 3600} h")
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     return resample(mono, rate, SAMPLE_RATE)
 
@@ -63,9 +77,12 @@ def write_transcript(path: Path, result, args) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:  # before anything slow: a run of minutes must not end in a traceback or overwrite the input
+        check_output_files({"--out": args.out, "--stereo": args.stereo, "--transcript": args.transcript},
+                           [args.input], args.force)
+    except OutputPathError as e:
+        fail(str(e))
     pcm = read_input(args.input)  # before loading: a bad input fails fast
-    if args.tail < 0:
-        fail(f"--tail must be >= 0, got {args.tail}")
     sampling = sampling_from_args(args)
     check_codec_device(args)
     model = load_model(args, quiet=args.quiet)

@@ -150,3 +150,50 @@ def test_codec_device(tiny_checkpoint, tmp_path, capsys):
         code, out = run_cli([wav, "--model", tmp_path / "no-such-model", "--out", tmp_path / "g.wav",
                              "--codec-device", "gpu"], capsys)
         assert code == 2 and "--codec-device gpu" in out.err and "no-such-model" not in out.err
+
+
+@pytest.mark.parametrize("case", ["out-is-input", "same-file-twice", "exists", "folder", "under-a-file"])
+def test_output_paths_are_checked_before_the_model_loads(tmp_path, capsys, case):
+    """Each refusal is one line naming the flag, exit 2, the input untouched, nothing written; the model
+    folder does not exist, so an error about it would mean the check came too late."""
+    wav = tmp_path / "in.wav"
+    write_wav(wav, np.zeros(SAMPLE_RATE // 2, np.float32), SAMPLE_RATE)
+    before = wav.read_bytes()
+    (tmp_path / "taken.wav").write_bytes(b"keep me")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "plain").write_bytes(b"a file")
+    outs = {"out-is-input": ["--out", tmp_path / "dir" / ".." / "in.wav"],
+            "same-file-twice": ["--out", tmp_path / "x.wav", "--stereo", tmp_path / "dir" / ".." / "x.wav"],
+            "exists": ["--out", tmp_path / "taken.wav"],
+            "folder": ["--out", tmp_path / "dir"],
+            "under-a-file": ["--out", tmp_path / "plain" / "sub" / "r.wav"]}[case]
+    code, out = run_cli([wav, "--model", tmp_path / "no-such-model", "--quiet", *outs], capsys)
+    lines = out.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: --"), out.err
+    assert "no-such-model" not in out.err and "Traceback" not in out.err
+    assert wav.read_bytes() == before and (tmp_path / "taken.wav").read_bytes() == b"keep me"
+    assert not (tmp_path / "x.wav").exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_force_replaces_an_existing_output(tiny_checkpoint, tmp_path, capsys):
+    wav = tmp_path / "in.wav"
+    write_wav(wav, np.zeros(SAMPLE_RATE // 2, np.float32), SAMPLE_RATE)
+    (tmp_path / "r.wav").write_bytes(b"old")
+    code, _ = run_cli([wav, "--model", tiny_checkpoint, "--out", tmp_path / "r.wav", "--tail", 0, "--quiet",
+                       "--force"], capsys)
+    assert code == 0 and read_wav(tmp_path / "r.wav")[1] == SAMPLE_RATE
+
+
+@pytest.mark.parametrize("flags", [["--seed", "-5"], ["--seed", str(2**32)], ["--temp", "nan"],
+                                   ["--text-temp", "inf"], ["--tail", "nan"], ["--audio-top-k", "-1"]])
+def test_numeric_flags_are_checked_when_parsed(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as e:
+        offline.parse_args([str(tmp_path / "in.wav"), *flags])
+    assert e.value.code == 2 and flags[0] in capsys.readouterr().err
+
+
+def test_a_wav_header_with_an_impossible_rate_is_refused(tmp_path, capsys):
+    wav = tmp_path / "one-hertz.wav"
+    write_wav(wav, np.zeros(100, np.float32), 1)
+    code, out = run_cli([wav, "--model", tmp_path / "no-such-model", "--out", tmp_path / "r.wav"], capsys)
+    assert code == 2 and "1 Hz" in out.err and "8000-192000" in out.err

@@ -136,5 +136,9 @@ def write_wav(path: str | os.PathLike, samples: np.ndarray, rate: int, float32: 
     header += b"fmt " + struct.pack("<IHHIIHH", 16, code, channels, rate, rate * block, block, bits)
     header += b"data" + struct.pack("<I", len(payload))
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(header + payload)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(header + payload)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or an interrupt leaves nothing behind
+        raise
