@@ -115,9 +115,9 @@ def open_stream_settings(sd, a):
     return devices, rate, block, info
 
 
-def transcript_data(engine, args, sample_rate: int, seconds: float) -> dict:
-    """The timed transcript of the conversation so far (written beside the WAV)."""
-    words = engine.words()
+def transcript_data(engine, args, sample_rate: int, seconds: float, final: bool = False) -> dict:
+    """The timed transcript of the conversation so far (written beside the WAV); `final` closes the last word."""
+    words = engine.words(final=final)
     return {"model": str(args.model), "seed": args.seed, "sample_rate": sample_rate,
             "seconds": round(seconds, 3), "frame_rate": FRAME_RATE,
             "text": " ".join(w.text for w in words),
@@ -211,7 +211,7 @@ def run(a: argparse.Namespace) -> int:
         if recorder is not None:
             session.flush_input()
             recorder.write(session.drain_recording())
-            paths = recorder.close(transcript_data(engine, a, rate, recorder.seconds) | _final_words(engine))
+            paths = recorder.close(transcript_data(engine, a, rate, recorder.seconds, final=True))
             if not a.quiet:
                 print("recorded: " + ", ".join(str(p) for p in paths), file=sys.stderr)
     if a.quiet:
@@ -225,12 +225,6 @@ def run(a: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         code = EXIT_DEVICE
     return code
-
-
-def _final_words(engine) -> dict:
-    words = engine.words(final=True)
-    return {"text": " ".join(w.text for w in words),
-            "words": [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in words]}
 
 
 def session_summary(session) -> str:

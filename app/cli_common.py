@@ -55,30 +55,28 @@ MAX_TEMP = 100.0
 MAX_TOP_K = 1_000_000
 
 
-def bounded_float(low: float, high: float):
-    """argparse type: a finite number in [low, high] (nan, inf and out-of-range values are usage errors)."""
-    def parse(text: str) -> float:
+def _bounded(convert, what: str, low, high):
+    """argparse type: a finite value of `convert` in [low, high]; anything else is a usage error."""
+    def parse(text: str):
         try:
-            v = float(text)
+            v = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
         if not math.isfinite(v) or not low <= v <= high:
-            raise argparse.ArgumentTypeError(f"{text} is not in {low:g}..{high:g}")
+            raise argparse.ArgumentTypeError(f"{text} is not in {low:g}..{high:g}" if convert is float
+                                             else f"{text} is not in {low}..{high}")
         return v
     return parse
+
+
+def bounded_float(low: float, high: float):
+    """argparse type: a finite number in [low, high] (nan, inf and out-of-range values are usage errors)."""
+    return _bounded(float, "a number", low, high)
 
 
 def bounded_int(low: int, high: int):
     """argparse type: a whole number in [low, high]."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if not low <= v <= high:
-            raise argparse.ArgumentTypeError(f"{text} is not in {low}..{high}")
-        return v
-    return parse
+    return _bounded(int, "a whole number", low, high)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

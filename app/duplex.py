@@ -240,7 +240,7 @@ class DuplexSession:
         finally:
             stop.set()
             if results is not None and hasattr(results, "close"):
-                results.close()  # stops the pipeline's threads
+                results.close()  # ends the model's run (a pipeline finishes its frames in flight)
 
     def _serial(self, frames: Iterable[np.ndarray]) -> Iterator[Reply]:
         for frame in frames:

@@ -24,8 +24,9 @@ class CallbackClock:
     """Per-callback records of the two sample streams, written by the audio callback (copies only).
 
     Positions count device samples since the stream started: `mic` the samples the callback put into
-    the microphone ring, `spk` the samples it took out of the speaker ring (reply audio only), `out` every
-    sample it handed to the device (silence included).
+    the microphone ring, `spk` the samples it took out of the speaker ring (reply audio only). A duplex
+    callback hands the device as many samples as it takes, so `mic` also counts every output sample
+    (silence included): the sample clock of both directions.
     """
 
     def __init__(self, rate: int):
@@ -34,23 +35,27 @@ class CallbackClock:
         self._mic = np.zeros(_RECORDS, np.int64)
         self._spk = np.zeros(_RECORDS, np.int64)
         self._got = np.zeros(_RECORDS, np.int64)
-        self._out = np.zeros(_RECORDS, np.int64)
         self._adc = np.zeros(_RECORDS, np.float64)
         self._dac = np.zeros(_RECORDS, np.float64)
-        self._mic_pos = self._spk_pos = self._out_pos = 0
+        self._mic_pos = self._spk_pos = 0
 
     def record(self, frames: int, got: int, time_info) -> None:
         """Called once per callback after the copies: `got` reply samples were played of `frames`."""
         i = self.count % _RECORDS
-        self._mic[i], self._spk[i], self._got[i], self._out[i] = self._mic_pos, self._spk_pos, got, self._out_pos
+        self._mic[i], self._spk[i], self._got[i] = self._mic_pos, self._spk_pos, got
         adc = dac = 0.0
         if time_info is not None:
             adc, dac = float(time_info.inputBufferAdcTime), float(time_info.outputBufferDacTime)
         self._adc[i], self._dac[i] = adc, dac
         self._mic_pos += frames
         self._spk_pos += got
-        self._out_pos += frames
         self.count += 1  # last: a reader never sees a half-written record
+
+    def _block_time(self, i: int, adc: bool) -> float:
+        """When record i's block was captured (`adc`) or is played: the device's time, or the sample clock."""
+        if self._adc[i] or self._dac[i]:
+            return self._adc[i] if adc else self._dac[i]
+        return self._mic[i] / self.rate
 
     def _window(self) -> range:
         n = self.count
@@ -61,8 +66,7 @@ class CallbackClock:
         for k in reversed(self._window()):
             i = k % _RECORDS
             if self._mic[i] <= mic_pos:
-                offset = (mic_pos - self._mic[i]) / self.rate
-                return self._adc[i] + offset if self._adc[i] or self._dac[i] else self._mic[i] / self.rate + offset
+                return self._block_time(i, adc=True) + (mic_pos - self._mic[i]) / self.rate
         return None
 
     def dac_time(self, spk_pos: int) -> float | None:
@@ -71,8 +75,7 @@ class CallbackClock:
             i = k % _RECORDS
             start, got = self._spk[i], self._got[i]
             if start <= spk_pos < start + got:
-                offset = (spk_pos - start) / self.rate
-                return self._dac[i] + offset if self._adc[i] or self._dac[i] else self._out[i] / self.rate + offset
+                return self._block_time(i, adc=False) + (spk_pos - start) / self.rate
             if start + got <= spk_pos:
                 return None  # not played yet
         return None

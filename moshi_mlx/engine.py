@@ -8,7 +8,6 @@ lives in this object and `reset()` starts a new conversation. `step` runs one fr
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import numpy as np
 from .constants import (DEFAULT_AUDIO_TEMP, DEFAULT_AUDIO_TOP_K, DEFAULT_TEXT_TEMP, DEFAULT_TEXT_TOP_K,
                         FRAME_SIZE)
 from .lm.generate import Generator
+from .mimi.compiled import state_arrays
 from .text import TextDecoder, Word
 
 
@@ -191,13 +191,13 @@ class Engine:
         self.settle_decoder()
 
     def settle_encoder(self) -> None:
-        mx.eval(_arrays(self.encode_state))
+        mx.eval(state_arrays(self.encode_state))
 
     def settle_lm(self) -> None:
         self.generator.settle()
 
     def settle_decoder(self) -> None:
-        mx.eval(_arrays(self.decode_state))
+        mx.eval(state_arrays(self.decode_state))
 
     # ----------------------------------------------------------------- results
 
@@ -262,19 +262,6 @@ def _frame_array(pcm_frame: np.ndarray) -> mx.array:
     if x.shape[0] != FRAME_SIZE:
         raise ValueError(f"a frame is {FRAME_SIZE} samples at 24 kHz, got {x.shape[0]}")
     return mx.array(x)[None, None]
-
-
-def _arrays(state) -> list[mx.array]:
-    """Every mx.array held by a streaming state (dataclasses, lists, tuples, dicts, nested)."""
-    if isinstance(state, mx.array):
-        return [state]
-    if dataclasses.is_dataclass(state):
-        return _arrays([getattr(state, f.name) for f in dataclasses.fields(state)])
-    if isinstance(state, dict):
-        return _arrays(list(state.values()))
-    if isinstance(state, (list, tuple)):
-        return [a for item in state for a in _arrays(item)]
-    return []
 
 
 @dataclass
