@@ -1,4 +1,5 @@
-"""What every command-line tool shares: model and sampling options, and one-line fatal errors."""
+"""What every command-line tool shares: the parser (one vocabulary), model and sampling options, and
+one-line fatal errors."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ import math
 import sys
 from typing import NoReturn
 
+from moshi_mlx import __version__
 from moshi_mlx.constants import DEFAULT_AUDIO_TEMP, DEFAULT_AUDIO_TOP_K, DEFAULT_TEXT_TEMP, DEFAULT_TEXT_TOP_K
 
-EXIT_USAGE = 2
+# Exit codes, the same in every tool (README "Exit codes").
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the run failed after it started (the model step, a session error)
+EXIT_USAGE = 2  # a bad flag, file or model, refused before any work
+EXIT_DEVICE = 3  # no usable sound device
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, the shell's convention
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -18,13 +25,56 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise SystemExit(code)
 
 
-def add_model_args(p: argparse.ArgumentParser, default_model: str | None) -> None:
-    p.add_argument("--model", default=default_model,
-                   help="hub repo id (e.g. kyutai/moshiko-mlx-q4) or a local checkpoint folder"
-                   + (f" (default: {default_model})" if default_model else ""))
-    p.add_argument("--revision", default=None, help="hub branch, tag or commit")
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and appends `(default: X)` to every flag whose help does not say it.
+
+    Flags without a default (None, store_true's False) say nothing: their help tells what absence means.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text
+                or action.default is None or action.default is False or action.default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+class CliParser(argparse.ArgumentParser):
+    """The parser of every moshi-mlx tool: `--version`, defaults in `--help`, usage errors in one line.
+
+    A usage error prints `prog: error: <what> (see --help)` and exits 2, without argparse's usage block.
+    """
+
+    def __init__(self, prog: str, description: str | None = None, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(prog=prog, description=description, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s moshi_mlx {__version__}",
+                          help="print the version and exit")
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {' '.join(message.split())} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+    def add_alias(self, alias: str, dest: str, **kwargs) -> None:
+        """An old or other spelling of a flag, parsed into `dest` and left out of `--help`."""
+        self.add_argument(alias, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+
+def make_parser(prog: str, description: str | None = None, **kwargs) -> CliParser:
+    """The parser every tool starts from (see `CliParser`); `kwargs` go to argparse (e.g. `epilog`)."""
+    return CliParser(prog, description, **kwargs)
+
+
+def add_model_args(p: argparse.ArgumentParser, default_model: str) -> None:
+    """--model (default None: the tool fills in `default_model`, which --help shows), --revision, --dtype."""
+    p.add_argument("--model", default=None, metavar="REPO_OR_DIR",
+                   help="hub repo id (e.g. kyutai/moshiko-mlx-q4) or a local folder holding the LM weights "
+                   "(model[.q4|.q8].safetensors), the Mimi codec file and the text tokenizer (see README) "
+                   f"(default: {default_model})")
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit (default: the main branch)")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
-                   help="LM activation dtype (default: the checkpoint's)")
+                   help="compute dtype of the LM's activations; the weights stay as stored (default: the "
+                   "checkpoint's)")
 
 
 def add_codec_device_arg(p: argparse.ArgumentParser) -> None:
@@ -111,12 +161,39 @@ def dtype_from_args(a: argparse.Namespace):
 
 
 def load_model(a: argparse.Namespace, quiet: bool = False):
-    """moshi_mlx.load with the CLI's options; a failure is one line and exit 2."""
+    """moshi_mlx.load with the CLI's options; a failure is one line and exit 2.
+
+    The tokenizer is required: without it Moshi's words would silently be an empty transcript.
+    """
     from moshi_mlx.loading import LoadError, load
 
     if not quiet:
         print(f"loading {a.model} ...", file=sys.stderr)
     try:
-        return load(a.model, revision=a.revision, dtype=dtype_from_args(a))
+        return load(a.model, revision=a.revision, dtype=dtype_from_args(a), need_tokenizer=True)
     except LoadError as e:
         fail(str(e))
+
+
+# Measured on a 2-core Linux machine: ~15 s more for the first run, the tiny demo model and a 1.3 GB
+# model alike (the kernels depend on the operations, not on the sizes).
+FIRST_COMPILE_S = 15
+
+
+def compile_notice(quiet: bool) -> None:
+    """Says so before the first warm-up when MLX has not yet compiled its CPU kernels on this machine.
+
+    MLX compiles fused CPU kernels with the system's C++ compiler and keeps them in
+    `$TMPDIR/mlx/<version>/cpu`; an empty or missing folder means this run pays for it.
+    """
+    if quiet:
+        return
+    import tempfile
+    from pathlib import Path
+
+    import mlx.core as mx
+
+    cache = Path(tempfile.gettempdir()) / "mlx" / mx.__version__ / "cpu"
+    if cache.is_dir() and any(cache.iterdir()):
+        return
+    print(f"compiling kernels (first run only, ~{FIRST_COMPILE_S} s on a 2-core CPU) ...", file=sys.stderr)

@@ -9,34 +9,54 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from app.cli_common import (add_codec_device_arg, add_model_args, add_sampling_args, bounded_float,
-                            check_codec_device, fail, load_model, make_engine, sampling_from_args)
+                            check_codec_device, compile_notice, fail, load_model, make_engine, make_parser,
+                            sampling_from_args)
 from app.outputs import OutputPathError, check_output_files
 from moshi_mlx.audio import AudioFormatError, read_wav, resample, write_wav
 from moshi_mlx.constants import FRAME_RATE, SAMPLE_RATE
 from moshi_mlx.loading import DEFAULT_REPO
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="moshi-mlx-offline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", type=Path, help="WAV file of the user (any common encoding, rate, channels)")
+def build_parser():
+    p = make_parser("moshi-mlx-offline", __doc__)
+    p.add_argument("input", type=Path, nargs="?",
+                   help="WAV file of the user (any common encoding, rate, channels); optional with --demo")
     add_model_args(p, DEFAULT_REPO)
-    p.add_argument("--out", type=Path, default=Path("reply.wav"), help="Moshi's voice (default: reply.wav)")
-    p.add_argument("--stereo", type=Path, default=None, help="also write user (left) + Moshi (right)")
-    p.add_argument("--transcript", type=Path, default=None, help="also write the timed words as JSON")
+    p.add_argument("--demo", action="store_true",
+                   help="try the program without downloading weights: a tiny random model is built on the spot "
+                   "(its reply is noise, its words gibberish); without INPUT, a synthetic 2 s input is used")
+    p.add_argument("--out", type=Path, default=Path("reply.wav"), metavar="FILE",
+                   help="FILE: Moshi's voice, a 24 kHz WAV (its folder is created if missing)")
+    p.add_argument("--stereo", type=Path, default=None, metavar="FILE",
+                   help="also write a 24 kHz stereo WAV: user (left) + Moshi (right)")
+    p.add_argument("--transcript", type=Path, default=None, metavar="FILE",
+                   help="also write Moshi's timed words as JSON")
     p.add_argument("--tail", type=bounded_float(0.0, 600.0), default=2.0,
-                   help="seconds of silence after the input so Moshi can finish, 0-600 (default: 2)")
-    p.add_argument("--force", action="store_true", help="replace output files that exist")
+                   help="seconds of silence after the input so Moshi can finish, 0-600")
+    p.add_argument("--force", action="store_true", help="replace output files that exist (else refused)")
     add_codec_device_arg(p)
     add_sampling_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
+    a = p.parse_args(argv)
+    if a.input is None and not a.demo:
+        p.error("the input WAV is missing (or pass --demo to try a tiny random model)")
+    if a.demo and a.model is not None:
+        p.error("--demo builds its own model; drop --model")
+    if a.model is None and not a.demo:
+        a.model = DEFAULT_REPO
+    return a
 
 
 MIN_RATE, MAX_RATE = 8_000, 192_000
@@ -63,8 +83,8 @@ def read_input(path: Path) -> np.ndarray:
 
 def write_transcript(path: Path, result, args) -> None:
     data = {
-        "input": str(args.input),
-        "model": str(args.model),
+        "input": str(args.input) if args.input is not None else "(demo input)",
+        "model": "(demo: tiny random model)" if args.demo else str(args.model),
         "seed": args.seed,
         "frame_rate": FRAME_RATE,
         "text": " ".join(w.text for w in result.words),
@@ -76,18 +96,47 @@ def write_transcript(path: Path, result, args) -> None:
     os.replace(tmp, path)
 
 
+DEMO_INPUT_S = 2.0
+
+
+def demo_input() -> np.ndarray:
+    """A 2 s synthetic voice-like tone for --demo without an input file."""
+    t = np.arange(int(DEMO_INPUT_S * SAMPLE_RATE)) / SAMPLE_RATE
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(np.float32)
+
+
 def run(args: argparse.Namespace) -> int:
     try:  # before anything slow: a run of minutes must not end in a traceback or overwrite the input
         check_output_files({"--out": args.out, "--stereo": args.stereo, "--transcript": args.transcript},
-                           [args.input], args.force)
+                           [args.input] if args.input is not None else [], args.force)
     except OutputPathError as e:
         fail(str(e))
-    pcm = read_input(args.input)  # before loading: a bad input fails fast
+    pcm = read_input(args.input) if args.input is not None else demo_input()  # before loading: fail fast
     sampling = sampling_from_args(args)
     check_codec_device(args)
+    if args.demo:
+        with tempfile.TemporaryDirectory(prefix="moshi-mlx-demo-") as folder:
+            args.model = build_demo(Path(folder), args.quiet)
+            return _converse(args, pcm, sampling)
+    return _converse(args, pcm, sampling)
+
+
+def build_demo(folder: Path, quiet: bool) -> Path:
+    from moshi_mlx.demo import build_demo_checkpoint
+
+    start = time.perf_counter()
+    build_demo_checkpoint(folder)
+    if not quiet:
+        print(f"demo: a tiny random model built in {time.perf_counter() - start:.1f} s; its reply is NOISE and "
+              "its words gibberish: it shows the program works, not what Moshi sounds like", file=sys.stderr)
+    return folder
+
+
+def _converse(args: argparse.Namespace, pcm: np.ndarray, sampling) -> int:
     model = load_model(args, quiet=args.quiet)
     engine = make_engine(model, sampling, args)
     tail = int(round(args.tail * FRAME_RATE))
+    compile_notice(args.quiet)
     start = time.perf_counter()
     if args.quiet:
         result = engine.run_offline(pcm, tail_frames=tail)

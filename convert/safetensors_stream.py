@@ -21,6 +21,8 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
+from moshi_mlx.checkpoint import starts_like_pickle
+
 from . import ConvertError
 
 HEADER_LENGTH_BYTES = 8
@@ -35,9 +37,6 @@ HEADER_PADDING = b" "
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
-# Starts of files that are PyTorch pickles: a torch.save zip archive, or a bare pickle stream (protocol 2+).
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_PROTO = 0x80
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def _pickle_error(path: Path, start: bytes) -> ConvertError | None:
 
     Only asked once the bytes failed to parse as safetensors: a real header length may well start with 0x80.
     """
-    if start.startswith(_ZIP_MAGIC) or start[:1] == bytes([_PICKLE_PROTO]):
+    if starts_like_pickle(start):
         return ConvertError(f"{path}: a PyTorch pickle checkpoint, refused (unpickling can run arbitrary code); "
                             "convert from the model's .safetensors weights (e.g. kyutai/moshiko-pytorch-bf16)")
     return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,12 @@ LM_CANDIDATES = (LM_FILES["q4"], LM_FILES["q8"], LM_FILES["bf16"])
 QUANTIZED_LM_FILES = (LM_FILES["q4"], LM_FILES["q8"])
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 PROBE_TIMEOUT_S = 3.0
+# The hub's own rule for `owner/name` (huggingface_hub validate_repo_id), checked here so that a typo is
+# reported as a typo, not as a network failure.
+_REPO_ID = re.compile(r"[A-Za-z0-9_.-]{1,96}/[A-Za-z0-9_.-]{1,96}")
+# Starts of PyTorch pickles: a torch.save zip archive, or a bare pickle stream (protocol 2+).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -62,6 +69,31 @@ def refuse_pickle(path: Path) -> None:
                               "use the model's .safetensors weights")
 
 
+def starts_like_pickle(start: bytes) -> bool:
+    """Whether a file's first bytes are those of a PyTorch pickle (a zip archive or a pickle stream).
+
+    Ask only once the file failed to parse as safetensors: a real header length may start with 0x80.
+    """
+    return start.startswith(_ZIP_MAGIC) or start[:1] == _PICKLE_PROTO
+
+
+def looks_like_pickle(path: Path) -> bool:
+    """`starts_like_pickle` for a file, whatever its name (False when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return starts_like_pickle(f.read(len(_ZIP_MAGIC)))
+    except OSError:
+        return False
+
+
+def is_hub_repo_id(text: str) -> bool:
+    """`owner/name` as the hub spells repo ids: letters, digits, `-`, `_`, `.`; no `--` or `..`; not
+    starting or ending with `-` or `.`."""
+    if not _REPO_ID.fullmatch(text) or "--" in text or ".." in text:
+        return False
+    return all(part[0] not in "-." and part[-1] not in "-." for part in text.split("/"))
+
+
 def resolve(model: str | Path, revision: str | None = None, *, lm_names: tuple[str, ...] = LM_CANDIDATES,
             need_mimi: bool = True, refuse_quantized: bool = False) -> CheckpointFiles:
     """Finds (and downloads where needed) the files of a checkpoint.
@@ -83,6 +115,9 @@ def resolve(model: str | Path, revision: str | None = None, *, lm_names: tuple[s
     text = str(model)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")) and not text.endswith(
             (".safetensors", ".json") + PICKLE_SUFFIXES):
+        if not is_hub_repo_id(text):
+            raise CheckpointError(f"{text!r}: no such file or folder, and not a hub repo id (owner/name in letters, "
+                                  "digits, '-', '_' and '.'); check the spelling")
         return _resolve_hub(text, revision, lm_names, need_mimi, refuse_quantized)
     raise CheckpointError(f"{model}: no such file or folder (and not a hub repo id like "
                           "kyutai/moshiko-mlx-q4); check the path")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import CheckpointError, CheckpointFiles, resolve
+from .checkpoint import CheckpointError, CheckpointFiles, looks_like_pickle, resolve
+from .constants import TEXT_TOKENIZER_FILE
 
 DEFAULT_REPO = "kyutai/moshiko-mlx-q4"
 
@@ -30,7 +31,8 @@ class LoadedModel:
         return Engine(self.lm, self.mimi, self.tokenizer, sampling, codec_device)
 
 
-def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=None) -> LoadedModel:
+def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=None,
+         need_tokenizer: bool = False) -> LoadedModel:
     """Loads a Moshi checkpoint, local or from the Hugging Face hub.
 
     Config comes from the checkpoint's config.json, else the published 7B preset; quantization is read
@@ -40,6 +42,8 @@ def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=No
         model: hub repo id (e.g. `kyutai/moshiko-mlx-q4`), a checkpoint folder, or an LM weights file.
         revision: hub branch, tag or commit.
         dtype: LM activation dtype (`mx.float32` for parity runs); None keeps the file's.
+        need_tokenizer: refuse a checkpoint without the text tokenizer, before any weight is read
+            (else `tokenizer` is None and the model's words cannot be decoded).
 
     Raises:
         LoadError: with one sentence saying what is wrong and what to do.
@@ -51,15 +55,17 @@ def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=No
         files = resolve(model, revision)
     except CheckpointError as e:
         raise LoadError(str(e)) from None
+    if need_tokenizer and files.tokenizer is None:
+        raise LoadError(_missing_tokenizer(files))
     try:
         lm = load_lm(files.lm, dtype=dtype, config=files.config)
     except (ValueError, OSError) as e:
-        raise LoadError(f"{files.lm}: {_one_line(e)}") from None
+        raise LoadError(_unreadable(files.lm, e)) from None
     cfg = lm.config
     try:
         mimi = load_mimi(files.mimi, num_codebooks=max(cfg.dep_q, cfg.user_q))
     except (ValueError, OSError) as e:
-        raise LoadError(f"{files.mimi}: {_one_line(e)}") from None
+        raise LoadError(_unreadable(files.mimi, e)) from None
     # Read every weight now: a damaged file fails here rather than mid-conversation, and arrays left
     # lazy would belong to this thread's MLX stream, unusable from an inference thread.
     import mlx.core as mx
@@ -77,6 +83,24 @@ def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=No
         except Exception as e:  # sentencepiece raises OSError/RuntimeError variants for bad files
             raise LoadError(f"{files.tokenizer}: not a sentencepiece model ({_one_line(e)})") from None
     return LoadedModel(lm, mimi, tokenizer, files)
+
+
+def _missing_tokenizer(files: CheckpointFiles) -> str:
+    try:
+        name = (files.config_dict() or {}).get("tokenizer_name", TEXT_TOKENIZER_FILE)
+    except CheckpointError:
+        name = TEXT_TOKENIZER_FILE
+    where = files.lm.parent if Path(files.source).exists() else files.source
+    return (f"{where}: the text tokenizer {name} is missing, so Moshi's words could not be read; copy it from "
+            "the model's hub repo (e.g. kyutai/moshiko-mlx-q4) into the folder")
+
+
+def _unreadable(path: Path, e: BaseException) -> str:
+    """One line for a weights file that failed to load; a renamed PyTorch pickle is named as such."""
+    if looks_like_pickle(path):
+        return (f"{path}: a PyTorch pickle checkpoint, refused (unpickling can run arbitrary code); use the "
+                "model's .safetensors weights, or convert it: moshi-mlx-convert SRC --out DIR")
+    return f"{path}: {_one_line(e)}"
 
 
 def _one_line(e: BaseException) -> str:

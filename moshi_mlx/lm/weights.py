@@ -283,7 +283,8 @@ def load_lm(path: str | Path, dtype: mx.Dtype | None = None,
             nn.quantize(model, class_predicate=lambda p, m: spec.get(p, False))
         _check_shapes(model, weights)
     except WeightsError as e:
-        raise WeightsError(f"{weights_file.name} does not match {source}: {e}; pass the matching config=") from None
+        raise WeightsError(f"{weights_file.name} does not match {source}: {e}; use the config.json that came "
+                           "with these weights") from None
     if dtype is not None:
         # Packed (integer) tensors stay as they are; norms stay float32.
         weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and not _is_norm(k) else v
