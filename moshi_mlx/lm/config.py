@@ -33,7 +33,9 @@ class LmConfig:
     """Architecture of a Moshi LM (temporal transformer + depth transformer).
 
     Field names follow Kyutai's config.json. `delays` lists one delay per stream: text first, then the
-    `n_q` audio streams (Moshi's `dep_q` codebooks, then the user's).
+    `n_q` audio streams (Moshi's `dep_q` codebooks, then the user's). `dep_q` 0 is a text-only model
+    (Kyutai's STT: no depth transformer, every audio stream is read); `extra_heads_num_heads` linear heads
+    of width `extra_heads_dim` read the temporal output (the STT's voice-activity / end-of-turn heads).
     """
 
     dim: int = 4096
@@ -67,6 +69,8 @@ class LmConfig:
     text_card_out: int | None = None
     kv_repeat: int = 1
     cross_attention: bool = False
+    extra_heads_num_heads: int = 0
+    extra_heads_dim: int = 6
 
     def __post_init__(self) -> None:
         # Lists from JSON become tuples so the config stays hashable and immutable.
@@ -100,8 +104,11 @@ class LmConfig:
                 raise ValueError(f"LM config: {name}={value!r} is not supported by moshi_mlx.lm")
         if len(self.delays) != self.n_q + 1:
             raise ValueError(f"LM config: expected {self.n_q + 1} delays (text + n_q), got {len(self.delays)}")
-        if not 0 < self.dep_q <= self.n_q:
-            raise ValueError(f"LM config: dep_q={self.dep_q} must be in 1..n_q={self.n_q}")
+        if not 0 <= self.dep_q <= self.n_q:
+            # dep_q 0: a text-only model with no depth transformer (Kyutai's STT).
+            raise ValueError(f"LM config: dep_q={self.dep_q} must be in 0..n_q={self.n_q}")
+        if self.extra_heads_num_heads < 0 or self.extra_heads_dim < 1:
+            raise ValueError("LM config: extra_heads_num_heads must be >= 0 and extra_heads_dim >= 1")
         if min(self.delays) < 0:
             raise ValueError("LM config: delays must be >= 0")
         if self.dim % self.num_heads or self.depformer_dim % self.depformer_num_heads:
@@ -212,7 +219,12 @@ class LmConfig:
 
     @property
     def depformer_num_weight_sets(self) -> int:
-        return max(self.depformer_weight_index(k) for k in range(self.dep_q)) + 1
+        return max((self.depformer_weight_index(k) for k in range(self.dep_q)), default=-1) + 1
+
+    @property
+    def has_depformer(self) -> bool:
+        """False for text-only models (dep_q 0): nothing generates audio."""
+        return self.dep_q > 0
 
     def depformer_in_index(self, k: int) -> int:
         """Index of the `depformer_in` projection that codebook `k` uses."""

@@ -94,7 +94,9 @@ def _compiled_functions(model: "Lm", text_temp: float, text_top_k: int, audio_te
         key, text_key, audio_key = mx.random.split(key, 3)
         text = text_sampler(text_logits[:, -1].astype(mx.float32), text_key)
         audio, audio_logits = model.forward_depformer(h, text, sampler=audio_sampler, key=audio_key)
-        return h, text_logits, text, audio, audio_logits, keys, values, key
+        # Cheap (a few rows): computed every step of a model that has them, read only when asked for.
+        extra = model.extra_head_probs(h)[:, -1]
+        return h, text_logits, text, audio, audio_logits, extra, keys, values, key
 
     def forced(h: mx.array, text: mx.array, audio: mx.array) -> mx.array:
         return model.forward_depformer(h, text, forced=audio)[1]
@@ -112,6 +114,7 @@ class _Step:
     text: mx.array
     audio: mx.array
     audio_logits: mx.array
+    extra: mx.array
 
 
 class Generator:
@@ -159,7 +162,8 @@ class Generator:
         self._key = mx.random.key(seed)
         self._step_compiled, self._forced = _compiled_functions(model, text_temp, text_top_k, audio_temp,
                                                                 audio_top_k)
-        self._frame_delay = max(cfg.audio_delays)
+        # A text-only model (dep_q 0, Kyutai's STT) has no audio delays and never completes a frame.
+        self._frame_delay = max(cfg.audio_delays, default=0)
         self._user_delay_index = mx.array(cfg.user_delays, dtype=mx.int32)
         self._frame_index = mx.array([self._frame_delay - d for d in cfg.audio_delays], dtype=mx.int32)
         self._user_history: deque[mx.array] = deque(maxlen=max(cfg.user_delays, default=0) + 1)
@@ -179,7 +183,7 @@ class Generator:
         arrays += [a for c in self.cache for a in (c.keys, c.values)]
         if self._pending is not None:
             p = self._pending
-            arrays += [p.h, p.text_logits, p.text, p.audio, p.audio_logits]
+            arrays += [p.h, p.text_logits, p.text, p.audio, p.audio_logits, p.extra]
         mx.eval(arrays)
 
     @property
@@ -197,7 +201,7 @@ class Generator:
         prev = self._pending
         text = prev.text if n > cfg.text_delay else mx.full((b,), cfg.text_card, dtype=mx.int32)
         audio = prev.audio
-        if n <= max(cfg.audio_delays):
+        if n <= self._frame_delay and cfg.has_depformer:
             not_yet = mx.array([n <= d for d in cfg.audio_delays])
             audio = mx.where(not_yet, mx.array(cfg.card, dtype=mx.int32), audio)
         frames = list(self._user_history)
@@ -216,13 +220,13 @@ class Generator:
         for c in cache:
             # Drop the cache's references so the compiled graph may update the rings in place.
             c.keys = c.values = None
-        h, text_logits, text, audio, audio_logits, keys, values, self._key = self._step_compiled(
+        h, text_logits, text, audio, audio_logits, extra, keys, values, self._key = self._step_compiled(
             self._inputs(n), keys, values, mx.array(n, dtype=mx.int32), self._key, visible)
         for c, k, v in zip(cache, keys, values):
             c.keys, c.values = k, v
             c.offset = n + 1
         mx.async_eval(text, audio, self._key)
-        return _Step(h, text_logits, text, audio, audio_logits)
+        return _Step(h, text_logits, text, audio, audio_logits, extra)
 
     def _user_frame(self, user_codes: Any) -> mx.array:
         cfg = self.config
@@ -251,7 +255,7 @@ class Generator:
     def _force(self, p: _Step, text: Any, audio: Any) -> None:
         if text is not None:
             p.text = self._forced_tokens(text, (self.batch_size,), "text")
-        if audio is not None:
+        if audio is not None and self.config.has_depformer:
             p.audio = self._forced_tokens(audio, (self.batch_size, self.config.dep_q), "audio")
             p.audio_logits = self._forced(p.h, p.text, p.audio)
         else:
@@ -293,7 +297,23 @@ class Generator:
         (text, codes), decoded, _ = self._advance(user_codes, None, None, decode, False)
         return text, codes, decoded
 
-    def _advance(self, user_codes: Any, text: Any, audio: Any, decode: Callable | None, return_logits: bool):
+    def step_with_extra_heads(self, user_codes: Any, *, text: Any = None):
+        """`step()`, also reading the extra heads' probabilities in the same host sync.
+
+        Args:
+            user_codes: As for `step()`.
+            text: Teacher forcing of the text token, as for `step()`.
+
+        Returns:
+            `(text_tokens [B], moshi_codes [B, dep_q] or None, probs)` with `probs` float32
+            `[B, extra_heads_num_heads, extra_heads_dim]` (softmax of each head on this step's temporal
+            output; head 2, class 0 is Kyutai's STT end-of-turn probability).
+        """
+        (tokens, codes), probs, _ = self._advance(user_codes, text, None, None, False, extra=True)
+        return tokens, codes, probs
+
+    def _advance(self, user_codes: Any, text: Any, audio: Any, decode: Callable | None, return_logits: bool,
+                 extra: bool = False):
         user = self._user_frame(user_codes)
         if self._pending is None:
             self._pending = self._build(0)
@@ -303,7 +323,7 @@ class Generator:
         self._audio_history.appendleft(p.audio)
         self._user_history.appendleft(user)
         n = self._step
-        have_frame = n >= self._frame_delay
+        have_frame = self.config.has_depformer and n >= self._frame_delay
         out = p.text[:, None].astype(mx.int32)
         decoded = None
         if have_frame:
@@ -312,6 +332,8 @@ class Generator:
             out = mx.concatenate([out, frame], axis=1)
             if decode is not None:
                 decoded = decode(frame)
+        if extra:
+            decoded = p.extra  # read with the tokens, like a decode
         read = out
         if decoded is not None:
             # One array, one read: tokens are < 2**24, so float32 holds them exactly.

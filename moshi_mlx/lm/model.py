@@ -45,8 +45,12 @@ class Lm(nn.Module):
         self.transformer = Transformer(c.dim, c.num_heads, c.num_layers, c.hidden, c.max_period, c.context)
         self.out_norm = RMSNorm(c.dim)
         self.text_linear = nn.Linear(c.dim, c.text_card, bias=False)
-        self.depformer = Depformer(c.dep_q, c.text_card, c.card, c.dim, c.depformer_dim, c.depformer_num_heads,
-                                   c.depformer_num_layers, c.depformer_hidden)
+        if c.has_depformer:
+            self.depformer = Depformer(c.dep_q, c.text_card, c.card, c.dim, c.depformer_dim,
+                                       c.depformer_num_heads, c.depformer_num_layers, c.depformer_hidden)
+        # Kept as separate Linears: the checkpoints name them `extra_heads.{i}.weight`.
+        self.extra_heads = [nn.Linear(c.dim, c.extra_heads_dim, bias=False)
+                            for _ in range(c.extra_heads_num_heads)]
 
     @property
     def dtype(self) -> mx.Dtype:
@@ -105,8 +109,27 @@ class Lm(nn.Module):
     def forward_depformer(self, h: mx.array, text_token: mx.array, *, sampler: Sampler | None = None,
                           key: mx.array | None = None, forced: mx.array | None = None
                           ) -> tuple[mx.array, mx.array]:
-        """One frame of Moshi's codebooks from `h` `[B, 1, dim]` (see `Depformer.__call__`)."""
+        """One frame of Moshi's codebooks from `h` `[B, 1, dim]` (see `Depformer.__call__`).
+
+        A text-only model (dep_q 0) returns empty `[B, 0]` tokens and `[B, 0, card]` logits.
+        """
+        if not self.config.has_depformer:
+            b = h.shape[0]
+            return mx.zeros((b, 0), dtype=mx.int32), mx.zeros((b, 0, self.config.card), dtype=mx.float32)
         return self.depformer(h, text_token, sampler=sampler, key=key, forced=forced)
+
+    def extra_head_probs(self, h: mx.array) -> mx.array:
+        """Softmax of every extra head on the temporal output `h` `[B, T, dim]` (after `out_norm`).
+
+        Returns:
+            float32 `[B, T, extra_heads_num_heads, extra_heads_dim]` (a zero-sized head axis when the model
+            has none). Kyutai's STT voice agent reads head 2, class 0 as the end-of-turn probability.
+        """
+        b, t, _ = h.shape
+        if not self.extra_heads:
+            return mx.zeros((b, t, 0, self.config.extra_heads_dim), dtype=mx.float32)
+        logits = mx.stack([head(h) for head in self.extra_heads], axis=2)
+        return mx.softmax(logits.astype(mx.float32), axis=-1)
 
     def __call__(self, tokens: mx.array, step_tokens: mx.array) -> tuple[mx.array, mx.array]:
         """Full-sequence forward with teacher forcing (no cache), for tests and scoring.
@@ -117,10 +140,12 @@ class Lm(nn.Module):
                 the depformer's inputs.
 
         Returns:
-            `(text_logits [B, T, text_card], audio_logits [B, T, dep_q, card])`.
+            `(text_logits [B, T, text_card], audio_logits [B, T, dep_q, card])` (dep_q 0: empty audio).
         """
         h, text_logits = self.forward_temporal(tokens)
         b, t, _ = h.shape
+        if not self.config.has_depformer:
+            return text_logits, mx.zeros((b, t, 0, self.config.card), dtype=mx.float32)
         flat_h = h.reshape(b * t, 1, -1)
         flat = step_tokens.reshape(b * t, -1)
         _, audio_logits = self.depformer(flat_h, flat[:, 0], forced=flat[:, 1:])

@@ -108,6 +108,8 @@ def _sanitize_torch(weights: dict[str, mx.array], cfg: LmConfig) -> dict[str, mx
     out["out_norm.weight"] = _take(w, "out_norm.alpha").reshape(-1)
     for i in range(cfg.n_q):
         out[f"audio_embs.{i}.weight"] = _take(w, f"emb.{i}.weight")
+    for key in [k for k in w if k.startswith("extra_heads.")]:
+        out[key] = w.pop(key)  # same names in both layouts
     for key in [k for k in w if k.startswith("transformer.")]:
         value = w.pop(key)
         if key.endswith(".alpha"):
@@ -168,19 +170,31 @@ def sanitize(weights: dict[str, mx.array], config: LmConfig) -> dict[str, mx.arr
     in float32 (they are applied in float32).
     """
     layout = detect_layout(weights)
+    _check_extra_heads(weights, config)
     out = _sanitize_torch(weights, config) if layout == _TORCH else dict(weights)
     tables = ["text_emb"] + [f"audio_embs.{i}" for i in range(config.n_q)]
     if any(f"{t}.weight" not in out for t in tables):
         raise WeightsError(f"missing input embeddings: expected {', '.join(tables[:2])}, ... ({len(tables)} tables)")
     _stack(out, tables, "emb")
     projections = [f"depformer.slices.{k}.linear_in" for k in range(config.dep_q)]
-    if any(f"{p}.weight" not in out for p in projections):
+    if config.has_depformer and any(f"{p}.weight" not in out for p in projections):
         raise WeightsError(f"missing depformer input projections (expected {config.dep_q}, e.g. {projections[0]})")
-    _stack(out, projections, "depformer.linear_in")
+    if config.has_depformer:
+        _stack(out, projections, "depformer.linear_in")
+    elif any(k.startswith(("depformer", "linears.")) for k in out):
+        raise WeightsError("the weights hold a depth transformer but the config has dep_q=0")
     for key, value in out.items():
         if _is_norm(key):
             out[key] = value.astype(mx.float32)
     return out
+
+
+def _check_extra_heads(weights: dict[str, mx.array], config: LmConfig) -> None:
+    """Says plainly when the file's extra heads (STT end-of-turn heads) and the config disagree."""
+    heads = {k.split(".")[1] for k in weights if k.startswith("extra_heads.")}
+    if len(heads) != config.extra_heads_num_heads:
+        raise WeightsError(f"the weights hold {len(heads)} extra heads, the config says "
+                           f"extra_heads_num_heads={config.extra_heads_num_heads}")
 
 
 def _is_norm(key: str) -> bool:

@@ -234,6 +234,28 @@ class Mimi(nn.Module):
         state.frames += 1
         return codes
 
+    def encode_frames(self, pcm: mx.array, state: EncodeState) -> mx.array:
+        """Encode the next F frames of each stream at once: the codes of F `encode_step` calls, faster.
+
+        Args:
+            pcm: float audio `[B, channels, F * frame_size]`, B = `state.batch_size`.
+            state: From `make_encode_state`; advanced in place by F frames.
+
+        Returns:
+            int32 codes `[B, num_codebooks, F]` (evaluated).
+        """
+        if not isinstance(state, EncodeState):
+            raise MimiInputError(
+                f"encode_frames needs the EncodeState from make_encode_state, got {type(state).__name__}.")
+        x = check_pcm(pcm, self.cfg)
+        if x.shape[0] != state.batch_size:
+            raise MimiInputError(f"pcm holds {x.shape[0]} streams, the state {state.batch_size}.")
+        codes = self._encode_chunk(x, state)
+        # Evaluated with the state so that no lazy graph of one chunk is kept alive by the next.
+        mx.eval(codes, state_arrays(state))
+        state.frames += x.shape[2] // self.frame_size
+        return codes
+
     def decode_step(self, codes: mx.array, state: DecodeState, check_range: bool = True) -> mx.array:
         """Decode the next frame of each stream.
 

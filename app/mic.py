@@ -1,0 +1,110 @@
+"""A microphone as a stream of 24 kHz model frames: the audio callback only copies into a ring; the
+reader resamples and cuts frames on its own thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from moshi_mlx.audio.resample import Resampler
+from moshi_mlx.audio.ring import SampleRing
+from moshi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
+
+BUFFER_SECONDS = 60.0
+"""Audio held while the model is behind: a slow machine loses no words, it just shows them later."""
+
+
+class DeviceError(Exception):
+    """The microphone cannot be used; the message names it and says what to do."""
+
+
+def parse_device(spec: str | None):
+    """`--input-device` text to what PortAudio takes: an index, a name (substring), or None (default)."""
+    if spec is None:
+        return None
+    return int(spec) if spec.strip().isdigit() else spec
+
+
+def pick_input(sd, spec: str | None) -> tuple[object, int, str]:
+    """`(device, rate, name)`: 24 kHz where the device takes it, else its own rate (resampled here)."""
+    device = parse_device(spec)
+    label = "the default microphone" if spec is None else f"--input-device {spec}"
+    try:
+        info = sd.query_devices(device, kind="input")
+    except (ValueError, sd.PortAudioError) as e:
+        raise DeviceError(f"{label}: no such microphone ({e}); see --list-devices") from None
+    if info.get("max_input_channels", 0) < 1:
+        raise DeviceError(f"{label} ({info['name']}) has no input channels; see --list-devices")
+    rate = SAMPLE_RATE
+    try:
+        sd.check_input_settings(device, channels=1, dtype="float32", samplerate=rate)
+    except (ValueError, sd.PortAudioError):
+        rate = int(info["default_samplerate"])
+        try:
+            sd.check_input_settings(device, channels=1, dtype="float32", samplerate=rate)
+        except (ValueError, sd.PortAudioError) as e:
+            raise DeviceError(f"{label} ({info['name']}) cannot record mono float audio ({e})") from None
+    return device, rate, info["name"]
+
+
+class Microphone:
+    """Records from one input device; `frames()` yields float32 [1920] frames at 24 kHz.
+
+    Args:
+        sd: the sounddevice module.
+        device, rate: from `pick_input`.
+        on_audio: called with every block of device-rate samples as it is read (on the reader's thread;
+            e.g. a recorder), or None.
+    """
+
+    def __init__(self, sd, device, rate: int, on_audio=None):
+        self.rate = rate
+        self.block = max(1, rate * FRAME_SIZE // SAMPLE_RATE)
+        self.ring = SampleRing(int(rate * BUFFER_SECONDS))
+        self.dropped = 0  # device samples lost because the ring was full
+        self.on_audio = on_audio
+        self._resampler = Resampler(rate, SAMPLE_RATE)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._lock = threading.Lock()
+        try:
+            self.stream = sd.InputStream(samplerate=rate, blocksize=self.block, device=device, channels=1,
+                                         dtype="float32", callback=self._callback)
+        except (ValueError, sd.PortAudioError) as e:
+            raise DeviceError(f"cannot open the microphone ({e}); see --list-devices") from None
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        self.dropped += frames - self.ring.write(indata[:, 0])
+
+    def __enter__(self) -> "Microphone":
+        self.stream.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stream.stop()
+        self.stream.close()
+
+    @property
+    def backlog_seconds(self) -> float:
+        """Audio recorded and not yet handed out as frames."""
+        return (self.ring.available() / self.rate) + len(self._pending) / SAMPLE_RATE
+
+    def frames(self, stop: threading.Event) -> Iterator[np.ndarray]:
+        """Frames until `stop` is set; then those already recorded, so that the last words are kept."""
+        while True:
+            stopping = stop.is_set()
+            n = self.ring.available()
+            if n:
+                raw = self.ring.read(n)
+                if self.on_audio is not None:
+                    self.on_audio(raw)
+                self._pending = np.concatenate([self._pending, self._resampler.process(raw)])
+            while len(self._pending) >= FRAME_SIZE:
+                frame, self._pending = self._pending[:FRAME_SIZE], self._pending[FRAME_SIZE:]
+                yield frame
+            if stopping:
+                return
+            if not n:
+                time.sleep(0.01)
