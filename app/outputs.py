@@ -58,3 +58,17 @@ def _check_folder(flag: str, path: Path) -> None:
             pass  # os.access says yes on read-only mounts and some network folders
     except OSError as e:
         raise OutputPathError(f"{flag} {path}: cannot write in {existing} ({e.strerror})") from None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes a text file whole or not at all: a reader sees the old file or the new one, and a failure
+    (a full disk) leaves no partial file behind. A missing folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -125,7 +125,7 @@ def load_transcriber(a: argparse.Namespace):
 
         dtype = {"bf16": mx.bfloat16, "fp32": mx.float32}[a.dtype]
     try:
-        model = load(a.model, revision=a.revision, dtype=dtype, kind="stt")
+        model = load(a.model, revision=a.revision, dtype=dtype, kind="stt", need_tokenizer=True)
         return model.transcriber(temp=a.temp, seed=a.seed)
     except LoadError as e:
         fail(str(e))

@@ -30,9 +30,27 @@ class LoadedModel:
 
         return Engine(self.lm, self.mimi, self.tokenizer, sampling, codec_device)
 
+    def transcriber(self, temp: float = 0.0, seed: int | None = None):
+        """Streaming speech-to-text on this model (see `moshi_mlx.stt.Transcriber`).
+
+        Raises:
+            LoadError: not an STT model (a Moshi or TTS checkpoint), or no tokenizer.
+        """
+        from .stt import NotAnSttModel, SttSettings, Transcriber
+
+        try:
+            settings = SttSettings.from_config(self.files.config_dict(), self.lm.config)
+        except NotAnSttModel as e:
+            raise LoadError(f"{self.files.source}: {e}") from None
+        if self.tokenizer is None:
+            raise LoadError(f"{self.files.source}: the text tokenizer is missing (the words are its pieces); "
+                            "copy it from the model's hub repo")
+        return Transcriber(self.lm, self.mimi, self.tokenizer, settings, temp=temp, seed=seed,
+                           model_name=self.files.source)
+
 
 def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=None,
-         need_tokenizer: bool = False) -> LoadedModel:
+         kind: str | None = None, need_tokenizer: bool = False) -> LoadedModel:
     """Loads a Moshi checkpoint, local or from the Hugging Face hub.
 
     Config comes from the checkpoint's config.json, else the published 7B preset; quantization is read
@@ -44,6 +62,7 @@ def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=No
         dtype: LM activation dtype (`mx.float32` for parity runs); None keeps the file's.
         need_tokenizer: refuse a checkpoint without the text tokenizer, before any weight is read
             (else `tokenizer` is None and the model's words cannot be decoded).
+        kind: `"stt"` checks from config.json, before reading any weights, that the model is speech-to-text.
 
     Raises:
         LoadError: with one sentence saying what is wrong and what to do.
@@ -55,6 +74,8 @@ def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=No
         files = resolve(model, revision)
     except CheckpointError as e:
         raise LoadError(str(e)) from None
+    if kind == "stt":
+        _check_stt(files)
     if need_tokenizer and files.tokenizer is None:
         raise LoadError(_missing_tokenizer(files))
     try:
@@ -83,6 +104,19 @@ def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=No
         except Exception as e:  # sentencepiece raises OSError/RuntimeError variants for bad files
             raise LoadError(f"{files.tokenizer}: not a sentencepiece model ({_one_line(e)})") from None
     return LoadedModel(lm, mimi, tokenizer, files)
+
+
+def _check_stt(files: CheckpointFiles) -> None:
+    """From config.json alone (cheap): an STT model, or a one-line LoadError saying what it is instead."""
+    from .lm.config import LmConfig
+    from .stt import NotAnSttModel, SttSettings
+
+    try:
+        raw = files.config_dict()
+        cfg = LmConfig.from_dict(raw) if raw is not None else LmConfig.preset("moshi_7b")
+        SttSettings.from_config(raw, cfg)
+    except (NotAnSttModel, CheckpointError, ValueError) as e:
+        raise LoadError(f"{files.source} is not a speech-to-text model: {_one_line(e)}") from None
 
 
 def _missing_tokenizer(files: CheckpointFiles) -> str:
