@@ -20,6 +20,7 @@ import mlx.core as mx
 
 from moshi_mlx.constants import LM_FILES, MIMI_FILE, TEXT_TOKENIZER_FILE
 from moshi_mlx.lm.config import LmConfig
+from moshi_mlx.mimi.weights import CONFIG_FILE as MIMI_CONFIG_FILE
 
 from . import ConvertError
 from .pytorch_to_mlx import Mapping, plan
@@ -227,6 +228,8 @@ def run(opts: Options, log=lambda message: None) -> Result:
     specs = {m.target: output_specs(m, dtype, quant) for m in mappings}
     weights_size = file_size([s for m in mappings for s in specs[m.target]], METADATA)
     extras = [p for p in (files.mimi, files.tokenizer) if p is not None]
+    if files.mimi is not None and (files.mimi.parent / MIMI_CONFIG_FILE).is_file():
+        extras.append(files.mimi.parent / MIMI_CONFIG_FILE)  # a Mimi of non-published shape needs it
     copied = sum(p.stat().st_size for p in extras if not _same_device(p, out.parent))
     _check_disk(out, weights_size + copied)
 

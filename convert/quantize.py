@@ -47,8 +47,12 @@ class Quantization:
 
 
 def quantizes(mapping: Mapping) -> bool:
-    """True for the tensors Kyutai quantizes: Linear and Embedding weights (2-D, not norms)."""
-    return len(mapping.shape) == 2 and not is_norm(mapping.target)
+    """True for the tensors Kyutai quantizes: Linear and Embedding weights (2-D, not norms).
+
+    The STT models' extra heads (6 rows each) stay float: quantizing saves nothing worth having, and
+    their end-of-turn probability is compared against a threshold.
+    """
+    return len(mapping.shape) == 2 and not is_norm(mapping.target) and not mapping.target.startswith("extra_heads.")
 
 
 def check_group_size(mappings: list[Mapping], quant: Quantization) -> None:

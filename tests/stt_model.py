@@ -20,9 +20,10 @@ TOKENIZER_NAME = "tokenizer_en_fr_audio_8000.model"
 
 
 def stt_config(heads: bool = True) -> dict:
-    """Kyutai's STT config.json schema at tiny sizes (a short context, so tests run past it)."""
+    """Kyutai's STT config.json schema at tiny sizes (a short context, so tests run past it; dim 256 so that
+    q8 and q4 groups divide every width)."""
     cfg = {
-        "dim": 64, "text_card": TOKENIZER_VOCAB, "existing_text_padding_id": 3, "n_q": 32, "dep_q": 0,
+        "dim": 256, "text_card": TOKENIZER_VOCAB, "existing_text_padding_id": 3, "n_q": 32, "dep_q": 0,
         "card": 2048, "num_heads": 2, "num_layers": 2, "hidden_scale": 4.125, "causal": True,
         "layer_scale": None, "context": 24, "max_period": 100000, "gating": "silu", "norm": "rms_norm_f32",
         "positional_embedding": "rope", "depformer_dim": 1024, "depformer_dim_feedforward": None,
