@@ -1,6 +1,6 @@
 """The engine's two frame loops in one run: the serial `Engine.step` loop and the pipelined `Engine.stream`.
 
-    python -m app.bench_engine [--checkpoint DIR] [--frames 50] [--realtime] [--blas openblas]
+    python -m app.bench_engine [--model DIR] [--frames 50] [--realtime] [--blas openblas]
 
 Both run the same frames with the same seed on the same loaded model, in one worker process (so that
 `--blas` applies to it), after a warm-up of each. Per loop it prints frames per second, the stream/serial
@@ -8,7 +8,7 @@ throughput ratio, the per-frame latency (frame in -> its result out) median and 
 stream gave exactly the serial loop's tokens and audio. Frames are fed as fast as each loop takes them;
 with `--realtime` they arrive every 80 ms instead, and latency counts from that arrival. Where MLX has a
 GPU (Metal or CUDA), both codec devices are run, so that a Mac shows which one wins. Without
-`--checkpoint`, a random mid-size LM (bf16) and a random published-size Mimi are written once under
+`--model`, a random mid-size LM (bf16) and a random published-size Mimi are written once under
 `--out` (the offline benchmark's checkpoint).
 """
 
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from app import blas
+from app.cli_parser import make_parser
 from app.bench_offline import REPO, make_checkpoint, test_signal
 
 FRAME, RATE = 1920, 24000
@@ -90,11 +91,12 @@ def worker(folder: Path, frames: int, realtime: bool, codec_devices: list[str] |
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path,
+    p = make_parser("moshi-mlx-bench engine", __doc__.splitlines()[0])
+    p.add_argument("--model", dest="checkpoint", type=Path, metavar="DIR",
                    help="folder: LM file, config.json, Mimi file (default: a random mid-size bf16 LM and a random "
                         "published-size Mimi, written once under --out)")
-    p.add_argument("--out", type=Path, default=REPO / "bench-out")
+    p.add_alias("--checkpoint", dest="checkpoint", type=Path)
+    p.add_argument("--out", type=Path, default=REPO / "bench-out", metavar="DIR", help="DIR: where the random checkpoints the benchmark generates are written once and reused")
     p.add_argument("--frames", type=int, default=50, help="timed frames per loop (80 ms each)")
     p.add_argument("--realtime", action="store_true", help="frames arrive every 80 ms (default: as fast as taken)")
     p.add_argument("--codec-devices", help="comma-separated, e.g. cpu,gpu (default: gpu,cpu where MLX has a GPU)")
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env, blas_header = blas.setup(a.blas)
     folder = (a.checkpoint or make_checkpoint(a.out, "bf16")).resolve()
-    cmd = [sys.executable, "-m", "app.bench_engine", "--worker", "--checkpoint", str(folder),
+    cmd = [sys.executable, "-m", "app.bench_engine", "--worker", "--model", str(folder),
            "--frames", str(a.frames)] + (["--realtime"] if a.realtime else []) + \
         (["--codec-devices", a.codec_devices] if a.codec_devices else [])
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)

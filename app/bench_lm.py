@@ -1,6 +1,6 @@
 """Benchmark of one full LM step (temporal transformer + every depformer codebook, greedy): ours vs moshi_mlx.
 
-Kyutai's moshi_mlx runs in a subprocess with the reference interpreter (`--ref-python`, default
+Kyutai's moshi_mlx runs in a subprocess with the reference interpreter (`--reference-python`, default
 `.ref/mlx/bin/python`), on the same checkpoint file and precision. Random checkpoints in Kyutai's MLX
 layout (bf16, q8 = 8 bits group 64, q4 = 4 bits group 32, every Linear and Embedding) are written once to
 `--out` (default `bench-out/`, git-ignored).
@@ -33,8 +33,10 @@ from pathlib import Path
 
 try:
     from app import blas
+    from app.cli_parser import make_parser
 except ImportError:  # a worker in Kyutai's environment, run as a script: app/ is on sys.path
     import blas
+    from cli_parser import make_parser
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REF_PYTHON = REPO / ".ref" / "mlx" / "bin" / "python"
@@ -257,17 +259,20 @@ def _stats(times: list[list[float]]) -> tuple[float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", default="tiny,mid")
-    parser.add_argument("--precisions", default="bf16,q8,q4")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=REPO / "bench-out")
+    parser = make_parser("moshi-mlx-bench lm", __doc__.split("\n")[0])
+    parser.add_argument("--configs", default="tiny,mid", help="generated LM sizes to time, comma-separated")
+    parser.add_argument("--precisions", default="bf16,q8,q4", help="comma-separated")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    parser.add_argument("--out", type=Path, default=REPO / "bench-out", metavar="DIR", help="DIR: where the random checkpoints the benchmark generates are written once and reused")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per side; best median kept")
-    parser.add_argument("--ref-python", default=str(DEFAULT_REF_PYTHON))
-    parser.add_argument("--checkpoint", type=Path, default=None,
+    parser.add_argument("--reference-python", dest="ref_python", default=str(DEFAULT_REF_PYTHON), metavar="PY",
+                        help="interpreter with Kyutai's moshi_mlx (bash tests/reference/build_envs.sh)")
+    parser.add_alias("--ref-python", dest="ref_python")
+    parser.add_argument("--model", dest="checkpoint", type=Path, default=None, metavar="DIR",
                         help="time an existing folder (Kyutai MLX layout + config.json, e.g. a 7B from "
                              "moshi-mlx-convert) instead of generated configs; its precisions present are run")
+    parser.add_alias("--checkpoint", dest="checkpoint", type=Path)
     parser.add_argument("--only", default=None, help="rows to run, comma-separated: ours,ours@ref,moshi_mlx")
     parser.add_argument("--bandwidth", type=float, default=None, metavar="GB/s",
                         help="nominal memory bandwidth: adds weight GB read per step and %% of this roofline")

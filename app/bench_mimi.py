@@ -27,8 +27,10 @@ import numpy as np
 
 try:
     from app import blas
+    from app.cli_parser import make_parser
 except ImportError:  # a worker in Kyutai's environment, run as a script: app/ is on sys.path
     import blas
+    from cli_parser import make_parser
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RATE = 24_000  # duplicated from moshi_mlx.constants: worker processes must not import our package
@@ -180,7 +182,7 @@ def _graph_op_counter():
 
 
 def run_worker(python: str, impl: str, args, weights: Path, env: dict | None = None) -> dict | None:
-    cmd = [python, str(Path(__file__).resolve()), "--worker", impl, "--weights", str(weights),
+    cmd = [python, str(Path(__file__).resolve()), "--worker", impl, "--model", str(weights),
            "--num-codebooks", str(args.num_codebooks), "--frames", str(args.total_frames),
            "--seed", str(args.seed)]
     # Run from outside the repo so that, in the reference interpreter, `moshi_mlx` is Kyutai's package.
@@ -197,15 +199,19 @@ def _total(result: dict) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference-python", help="interpreter with Kyutai's moshi_mlx and rustymimi installed")
-    p.add_argument("--weights", type=Path, help="published-size Mimi .safetensors (default: random, written once)")
+    p = make_parser("moshi-mlx-bench mimi", __doc__.splitlines()[0])
+    p.add_argument("--reference-python", metavar="PY",
+                   help="interpreter with Kyutai's moshi_mlx and rustymimi installed (default: ours only)")
+    p.add_alias("--ref-python", dest="reference_python")
+    p.add_argument("--model", dest="weights", type=Path, metavar="FILE",
+                   help="published-size Mimi .safetensors (default: random, written to a temporary folder)")
+    p.add_alias("--weights", dest="weights", type=Path)
     p.add_argument("--frames", type=int, default=40, help="timed frames (after %d warm-up frames)" % WARMUP_FRAMES)
     p.add_argument("--minutes", type=float, default=0.0, help="stream at least this much audio for peak RSS")
-    p.add_argument("--num-codebooks", type=int, default=8)
+    p.add_argument("--num-codebooks", type=int, default=8, help="codebooks encoded and decoded")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs per implementation, round-robin; the fastest is reported (for noisy machines)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="of the random weights and input")
     p.add_argument("--only", nargs="+", metavar="LABEL",
                    help="run only these rows (ours, ours@ref, moshi_mlx, rustymimi), e.g. to spread long runs")
     p.add_argument("--json", type=Path, help="also write the rows to this file")

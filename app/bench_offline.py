@@ -1,14 +1,14 @@
 """Offline chain speed: our `moshi-mlx-offline` path vs the same chain built from Kyutai's pieces.
 
 Ours: `moshi_mlx.load` + `Engine.run_offline` (encode, LM step and decode pipelined: `Engine.stream`).
-Kyutai's, in its own environment (`--ref-python`, default `.ref/mlx/bin/python`): rustymimi's streaming
+Kyutai's, in its own environment (`--reference-python`, default `.ref/mlx/bin/python`): rustymimi's streaming
 encoder, moshi_mlx's `Lm` + `LmGen`, rustymimi's streaming decoder, one frame at a time, as its
 `moshi_mlx.local` does. Both run on the same files (a checkpoint folder with Kyutai's MLX-layout LM file,
 its config.json and the published-size Mimi) and the same input, with the default sampling. Without
-`--checkpoint`, a random mid-size LM (app/bench_lm.py's) and a random published-size Mimi are written once
+`--model`, a random mid-size LM (app/bench_lm.py's) and a random published-size Mimi are written once
 under `--out`. `--blas` picks the BLAS of both sides (app/blas.py).
 
-    python -m app.bench_offline --checkpoint DIR --seconds 10
+    python -m app.bench_offline --model DIR --seconds 10
 Prints wall time, real-time factor (wall / audio seconds; < 1 is faster than real time), our/their ratio,
 and each process's peak RSS.
 """
@@ -27,8 +27,10 @@ from pathlib import Path
 
 try:
     from app import blas
+    from app.cli_parser import make_parser
 except ImportError:  # Kyutai's side runs this file as a script: app/ is on sys.path
     import blas
+    from cli_parser import make_parser
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REF_PYTHON = REPO / ".ref" / "mlx" / "bin" / "python"
@@ -146,16 +148,19 @@ def run_kyutai(folder: Path, seconds: float, warmup: float) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path,
+    p = make_parser("moshi-mlx-bench offline", __doc__.splitlines()[0])
+    p.add_argument("--model", dest="checkpoint", type=Path, metavar="DIR",
                    help="folder: Kyutai-MLX-layout LM file, config.json, published-size Mimi file "
                         "(default: a random mid-size LM and Mimi, written once under --out)")
     p.add_argument("--precision", choices=["bf16", "q8", "q4"], default="bf16",
-                   help="of the generated LM (without --checkpoint)")
-    p.add_argument("--out", type=Path, default=REPO / "bench-out")
-    p.add_argument("--seconds", type=float, default=10.0)
+                   help="of the generated LM (without --model)")
+    p.add_alias("--checkpoint", dest="checkpoint", type=Path)
+    p.add_argument("--out", type=Path, default=REPO / "bench-out", metavar="DIR", help="DIR: where the random checkpoints the benchmark generates are written once and reused")
+    p.add_argument("--seconds", type=float, default=10.0, help="timed input length")
     p.add_argument("--warmup-seconds", type=float, default=1.0, help="untimed run first (compiles, allocates)")
-    p.add_argument("--ref-python", default=str(DEFAULT_REF_PYTHON))
+    p.add_argument("--reference-python", dest="ref_python", default=str(DEFAULT_REF_PYTHON), metavar="PY",
+                   help="interpreter with Kyutai's moshi_mlx (bash tests/reference/build_envs.sh)")
+    p.add_alias("--ref-python", dest="ref_python")
     p.add_argument("--json", type=Path, help="also write the rows to this file")
     blas.add_argument(p)
     p.add_argument("--worker", choices=["ours", "kyutai"], help=argparse.SUPPRESS)
@@ -173,7 +178,7 @@ def main(argv=None) -> int:
     # kernels differ between versions (bf16 matvecs of 16k-32k rows: ~1.5x slower in 0.32.4 than 0.26.5);
     # `moshi-mlx-bench lm` has an ours@ref row that compares the LM step on one MLX.
     for side, python in (("ours", sys.executable), ("kyutai", a.ref_python)):
-        cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--checkpoint", str(a.checkpoint),
+        cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--model", str(a.checkpoint),
                "--seconds", str(a.seconds), "--warmup-seconds", str(a.warmup_seconds)]
         # Kyutai's side runs from / so that this checkout's moshi_mlx cannot shadow theirs.
         r = subprocess.run(cmd, capture_output=True, text=True, cwd="/" if side == "kyutai" else REPO,

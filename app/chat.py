@@ -13,20 +13,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
-from app.cli_common import (add_codec_device_arg, add_model_args, add_sampling_args, bounded_float, bounded_int,
-                            check_codec_device, fail, load_model, make_engine, sampling_from_args)
+from app.cli_common import (EXIT_DEVICE, EXIT_FAILURE, add_codec_device_arg, add_model_args, add_sampling_args,
+                            bounded_float, bounded_int, build_demo_model, check_codec_device, compile_notice, fail, load_model,
+                            make_engine, make_parser, sampling_from_args)
 from moshi_mlx.constants import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
 
 VOICES = {"moshiko": "kyutai/moshiko-mlx", "moshika": "kyutai/moshika-mlx"}
 # q4 (4.8 GB of weights) leaves room below ~24 GB of RAM; q8 (8.2 GB) sounds better where it fits.
 Q8_MIN_RAM_GB = 24
-EXIT_DEVICE = 3
-EXIT_SESSION_ERROR = 1
 
 
 def total_ram_gb() -> float:
@@ -41,12 +41,14 @@ def default_model(voice: str) -> str:
     return f"{VOICES[voice]}-{bits}"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="moshi-mlx-chat", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p, None)
+def build_parser():
+    p = make_parser("moshi-mlx-chat", __doc__)
+    add_model_args(p, f"{VOICES['moshiko']}-q8 with {Q8_MIN_RAM_GB} GB of RAM or more, else -q4; see --voice")
     p.add_argument("--voice", choices=sorted(VOICES), default="moshiko",
-                   help="which Kyutai model when --model is not given (default: moshiko)")
+                   help="which Kyutai model when --model is not given")
+    p.add_argument("--demo", action="store_true",
+                   help="try the chat without downloading weights: a tiny random model built on the spot "
+                   "(it answers with NOISE)")
     p.add_argument("--input-device", default=None, help="microphone: index or name (see --list-devices)")
     p.add_argument("--output-device", default=None, help="speaker: index or name (see --list-devices)")
     p.add_argument("--list-devices", action="store_true", help="list sound devices and exit")
@@ -65,13 +67,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="frames of input allowed to wait before old ones are skipped (default: 3)")
     p.add_argument("--silence-timeout", type=bounded_float(0.0, 3600.0), default=6.0,
                    help="stop if the microphone gives exact digital silence this long (default: 6 s)")
-    p.add_argument("--duration", type=bounded_float(0.0, 1e7), default=None, help="stop after this many seconds")
+    p.add_argument("--duration", type=bounded_float(0.0, 1e7), default=None, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--stats-log", type=Path, default=None, metavar="CSV",
                    help="append session statistics every 10 s to CSV (appends to an existing file): step "
                    "time, latency, echo reduction, backlog, xruns, memory")
     p.add_argument("--quiet", action="store_true", help="no live view: print Moshi's text only")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     a = p.parse_args(argv)
-    if a.model is None:
+    if a.demo and a.model is not None:
+        p.error("--demo builds its own model; drop --model")
+    if a.model is None and not a.demo:
         a.model = default_model(a.voice)
     return a
 
@@ -87,19 +96,40 @@ def import_sounddevice():
         import sounddevice as sd
     except OSError as e:  # the PortAudio shared library is missing
         fail(f"cannot use audio: {e} (on Linux: `sudo apt-get install libportaudio2`)", EXIT_DEVICE)
+    except Exception as e:  # noqa: BLE001 - PortAudio found no usable sound system (sd.PortAudioError)
+        fail(f"cannot use audio: {' '.join(str(e).split())}; is there a sound card (and a running sound server)?",
+             EXIT_DEVICE)
     return sd
+
+
+def list_devices(sd) -> None:
+    """--list-devices: the table, or one line saying there is nothing to list."""
+    devices = sd.query_devices()
+    if len(devices) == 0:
+        fail("no sound devices found: plug in a microphone and speakers (or headphones), or check that the "
+             "sound server runs", EXIT_DEVICE)
+    print(devices)
+
+
+def query_device(sd, spec: str | None, kind: str):
+    """The device info of --input-device / --output-device (None: the default one), or a one-line error
+    naming the flag and the device that failed."""
+    flag, what = ("--input-device", "microphone") if kind == "input" else ("--output-device", "speaker")
+    try:
+        return sd.query_devices(_device(spec), kind=kind)
+    except (ValueError, sd.PortAudioError) as e:
+        reason = " ".join(str(e).split())
+        if spec is None:
+            fail(f"no default {what} ({reason}); plug one in or pick one with {flag} (see --list-devices)",
+                 EXIT_DEVICE)
+        fail(f"{flag} {spec}: no such {what} ({reason}); see --list-devices", EXIT_DEVICE)
 
 
 def open_stream_settings(sd, a):
     """Picks the device rate and block: 24 kHz / 1920 where the devices allow, else their native rate."""
     devices = (_device(a.input_device), _device(a.output_device))
-    try:
-        inp = sd.query_devices(devices[0], kind="input")
-        out = sd.query_devices(devices[1], kind="output")
-    except (ValueError, sd.PortAudioError) as e:
-        which = "microphone" if "input" in str(e).lower() else "speaker"
-        fail(f"no usable {which}: {e}; plug one in or pick one with --input-device/--output-device "
-             "(see --list-devices)", EXIT_DEVICE)
+    inp = query_device(sd, a.input_device, "input")
+    out = query_device(sd, a.output_device, "output")
     rate = SAMPLE_RATE
     try:
         sd.check_input_settings(devices[0], channels=1, dtype="float32", samplerate=rate)
@@ -127,14 +157,19 @@ def transcript_data(engine, args, sample_rate: int, seconds: float, final: bool 
 def run(a: argparse.Namespace) -> int:
     sd = import_sounddevice()
     if a.list_devices:
-        print(sd.query_devices())
+        list_devices(sd)
         return 0
     devices, rate, block, device_info = open_stream_settings(sd, a)  # fail fast, before the model loads
     sampling = sampling_from_args(a)
     check_codec_device(a)
     record_stem = check_outputs(a)
     echo = make_echo_canceller(a, rate, block)
-    model = load_model(a, quiet=a.quiet)
+    if a.demo:
+        with tempfile.TemporaryDirectory(prefix="moshi-mlx-demo-") as folder:
+            a.model = build_demo_model(Path(folder), a.quiet)
+            model = load_model(a, quiet=a.quiet)
+    else:
+        model = load_model(a, quiet=a.quiet)
     engine = make_engine(model, sampling, a)
 
     from app.duplex import DuplexSession
@@ -184,6 +219,7 @@ def run(a: argparse.Namespace) -> int:
     error: str | None = None
     code = 0
     try:
+        compile_notice(a.quiet)
         if not a.quiet:
             print("warming up ...", file=sys.stderr)
         worker.start()
@@ -220,7 +256,7 @@ def run(a: argparse.Namespace) -> int:
     print(session_summary(session), file=sys.stderr)
     if session.error is not None:
         print(f"error: the model step failed: {type(session.error).__name__}: {session.error}", file=sys.stderr)
-        code = EXIT_SESSION_ERROR
+        code = EXIT_FAILURE
     elif error is not None:
         print(f"error: {error}", file=sys.stderr)
         code = EXIT_DEVICE

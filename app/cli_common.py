@@ -8,61 +8,17 @@ import math
 import sys
 from typing import NoReturn
 
-from moshi_mlx import __version__
+# The parser and the exit codes live in app/cli_parser.py (no package imports, for the benchmarks'
+# workers); the tools take them from here.
+from app.cli_parser import (EXIT_DEVICE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,  # noqa: F401
+                            CliParser, make_parser)
 from moshi_mlx.constants import DEFAULT_AUDIO_TEMP, DEFAULT_AUDIO_TOP_K, DEFAULT_TEXT_TEMP, DEFAULT_TEXT_TOP_K
-
-# Exit codes, the same in every tool (README "Exit codes").
-EXIT_OK = 0
-EXIT_FAILURE = 1  # the run failed after it started (the model step, a session error)
-EXIT_USAGE = 2  # a bad flag, file or model, refused before any work
-EXIT_DEVICE = 3  # no usable sound device
-EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, the shell's convention
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Prints one line to stderr and exits non-zero: the way every user-facing error ends."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's layout and appends `(default: X)` to every flag whose help does not say it.
-
-    Flags without a default (None, store_true's False) say nothing: their help tells what absence means.
-    """
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if (not action.option_strings or "default" in text
-                or action.default is None or action.default is False or action.default is argparse.SUPPRESS):
-            return text
-        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
-
-
-class CliParser(argparse.ArgumentParser):
-    """The parser of every moshi-mlx tool: `--version`, defaults in `--help`, usage errors in one line.
-
-    A usage error prints `prog: error: <what> (see --help)` and exits 2, without argparse's usage block.
-    """
-
-    def __init__(self, prog: str, description: str | None = None, **kwargs):
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(prog=prog, description=description, **kwargs)
-        self.add_argument("--version", action="version", version=f"%(prog)s moshi_mlx {__version__}",
-                          help="print the version and exit")
-
-    def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {' '.join(message.split())} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-    def add_alias(self, alias: str, dest: str, **kwargs) -> None:
-        """An old or other spelling of a flag, parsed into `dest` and left out of `--help`."""
-        self.add_argument(alias, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
-
-
-def make_parser(prog: str, description: str | None = None, **kwargs) -> CliParser:
-    """The parser every tool starts from (see `CliParser`); `kwargs` go to argparse (e.g. `epilog`)."""
-    return CliParser(prog, description, **kwargs)
 
 
 def add_model_args(p: argparse.ArgumentParser, default_model: str) -> None:
@@ -173,6 +129,20 @@ def load_model(a: argparse.Namespace, quiet: bool = False):
         return load(a.model, revision=a.revision, dtype=dtype_from_args(a), need_tokenizer=True)
     except LoadError as e:
         fail(str(e))
+
+
+def build_demo_model(folder, quiet: bool) -> str:
+    """--demo: a tiny random checkpoint in `folder`, clearly labelled; returns it as the --model value."""
+    import time
+
+    from moshi_mlx.demo import build_demo_checkpoint
+
+    start = time.perf_counter()
+    build_demo_checkpoint(folder)
+    if not quiet:
+        print(f"demo: a tiny random model built in {time.perf_counter() - start:.1f} s; its voice is NOISE and "
+              "its words gibberish: it shows the program works, not what Moshi sounds like", file=sys.stderr)
+    return str(folder)
 
 
 # Measured on a 2-core Linux machine: ~15 s more for the first run, the tiny demo model and a 1.3 GB

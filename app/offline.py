@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.cli_common import (add_codec_device_arg, add_model_args, add_sampling_args, bounded_float,
+from app.cli_common import (add_codec_device_arg, add_model_args, add_sampling_args, bounded_float, build_demo_model,
                             check_codec_device, compile_notice, fail, load_model, make_engine, make_parser,
                             sampling_from_args)
 from app.outputs import OutputPathError, check_output_files
@@ -116,20 +116,9 @@ def run(args: argparse.Namespace) -> int:
     check_codec_device(args)
     if args.demo:
         with tempfile.TemporaryDirectory(prefix="moshi-mlx-demo-") as folder:
-            args.model = build_demo(Path(folder), args.quiet)
+            args.model = build_demo_model(Path(folder), args.quiet)
             return _converse(args, pcm, sampling)
     return _converse(args, pcm, sampling)
-
-
-def build_demo(folder: Path, quiet: bool) -> Path:
-    from moshi_mlx.demo import build_demo_checkpoint
-
-    start = time.perf_counter()
-    build_demo_checkpoint(folder)
-    if not quiet:
-        print(f"demo: a tiny random model built in {time.perf_counter() - start:.1f} s; its reply is NOISE and "
-              "its words gibberish: it shows the program works, not what Moshi sounds like", file=sys.stderr)
-    return folder
 
 
 def _converse(args: argparse.Namespace, pcm: np.ndarray, sampling) -> int:

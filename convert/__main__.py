@@ -1,6 +1,6 @@
 """moshi-mlx-convert: a Moshi LM checkpoint (PyTorch or MLX bf16 layout) to Kyutai's MLX layout.
 
-    moshi-mlx-convert SRC --out DIR [--quantize q4|q8] [--group-size N] [--dtype bf16|fp32] [--force]
+    moshi-mlx-convert SRC --out DIR [--quantize q4|q8] [--group-size N] [--store-dtype bf16|fp32] [--force]
 
 Writes DIR/model.safetensors (or model.q8/q4.safetensors) that both this package and Kyutai's moshi_mlx
 load, DIR/config.json (Kyutai's schema, plus `quantization` when quantized), and the Mimi and text tokenizer
@@ -15,13 +15,12 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from app.cli_common import fail
+from app.cli_common import EXIT_INTERRUPTED, fail, make_parser
 
 from . import ConvertError
 from .pipeline import Options, human_size, run
 from .quantize import DEFAULT_GROUP_SIZE, OUTPUT_DTYPES, QUANT_BITS, SUPPORTED_GROUP_SIZES
 
-EXIT_INTERRUPTED = 130  # the shell's convention for a process ended by SIGINT
 EXAMPLES = """examples:
   moshi-mlx-convert kyutai/moshiko-pytorch-bf16 --out moshiko-q4 --quantize q4
   moshi-mlx-convert ./moshiko-bf16 --out moshiko-q8 --quantize q8 --group-size 32
@@ -29,30 +28,27 @@ EXAMPLES = """examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one `error: ...` line, like every other error of the tool."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(f"{message} (see moshi-mlx-convert --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="moshi-mlx-convert", description=__doc__.split("\n\n")[0],
-                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", metavar="SRC",
+    p = make_parser("moshi-mlx-convert", __doc__.split("\n\n")[0], epilog=EXAMPLES)
+    p.add_argument("src", metavar="SRC", nargs="?",
                    help="hub repo id (e.g. kyutai/moshiko-pytorch-bf16), a local folder or a .safetensors file")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (must not exist)")
+    p.add_argument("--model", metavar="SRC", dest="model",
+                   help="the same as SRC, in the other tools' spelling (give one of the two)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="DIR: a new folder for the converted checkpoint (refused if it exists, unless --force)")
     p.add_argument("--quantize", choices=sorted(QUANT_BITS),
-                   help="quantize every Linear and Embedding (as Kyutai's published q4/q8 files)")
+                   help="quantize every Linear and Embedding (as Kyutai's published q4/q8 files) (default: none)")
     p.add_argument("--group-size", type=int, metavar="N",
                    help=f"quantization group size (default: {DEFAULT_GROUP_SIZE['q4']} for q4, "
                         f"{DEFAULT_GROUP_SIZE['q8']} for q8)")
-    p.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES), default="bf16",
-                   help="float dtype of the written weights and quantization scales (default: bf16)")
+    p.add_argument("--store-dtype", choices=sorted(OUTPUT_DTYPES), default="bf16", dest="store_dtype",
+                   help="float dtype stored in the written weights and quantization scales (the other tools' "
+                   "--dtype is a compute dtype)")
+    p.add_alias("--dtype", dest="store_dtype", choices=sorted(OUTPUT_DTYPES))  # the spelling before 0.1.0
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="LM config.json (Kyutai's schema); default: the one beside the weights, else the "
                         "Moshi 7B preset")
-    p.add_argument("--revision", help="hub branch, tag or commit")
+    p.add_argument("--revision", help="hub branch, tag or commit (default: the main branch)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists")
     return p
 
@@ -68,7 +64,11 @@ def _interrupt(signum, frame) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (`moshi-mlx-convert`)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.src is None) == (args.model is None):
+        parser.error("give the source as SRC or as --model, once" if args.src else "the source SRC is missing")
+    src = args.src or args.model
     if args.group_size is not None:
         if args.quantize is None:
             fail("--group-size needs --quantize q4 or q8")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     # A kill (SIGTERM) cleans up like Ctrl-C: the partial output folder is removed on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
 
-    opts = Options(args.src, args.out, args.quantize, args.group_size, args.dtype, args.force, args.config,
+    opts = Options(src, args.out, args.quantize, args.group_size, args.store_dtype, args.force, args.config,
                    args.revision)
     try:
         result = run(opts, log=lambda line: print(line, file=sys.stderr))

@@ -54,7 +54,8 @@ def cli(args: list[str], env: dict[str, str] | None = None, patch: str = "") -> 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     assert proc.returncode != 0, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    # runtime errors say `error: ...`; usage errors argparse's `moshi-mlx-convert: error: ... (see --help)`
+    assert len(lines) == 1 and lines[0].startswith(("error: ", "moshi-mlx-convert: error: ")), proc.stderr
     assert "Traceback" not in proc.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
@@ -340,7 +341,7 @@ def test_conversion_streams_one_tensor_at_a_time(medium_source, tmp_path):
 def test_ctrl_c_removes_partial_output(medium_source, tmp_path, sig):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "convert", str(medium_source), "--out", str(out),
-                             "--quantize", "q4", "--dtype", "fp32"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                             "--quantize", "q4", "--store-dtype", "fp32"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not any(p.name.startswith("out.partial-") for p in tmp_path.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "conversion ended before it was interrupted"
