@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     # Each benchmark parses its own flags (`moshi-mlx-bench lm --help`); this level only dispatches.
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__.strip())
-        print(f"\n`{PROG} COMMAND --help` lists each benchmark's flags.")
+        print(f"\n`{PROG} COMMAND --help` lists each benchmark's flags; `{PROG} --version` prints the version.")
         return EXIT_OK
     if argv[:1] == ["--version"]:
         from moshi_mlx import __version__

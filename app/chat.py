@@ -159,10 +159,10 @@ def run(a: argparse.Namespace) -> int:
     if a.list_devices:
         list_devices(sd)
         return 0
-    devices, rate, block, device_info = open_stream_settings(sd, a)  # fail fast, before the model loads
+    record_stem = check_outputs(a)  # fail fast, before the devices open and the model loads
+    devices, rate, block, device_info = open_stream_settings(sd, a)
     sampling = sampling_from_args(a)
     check_codec_device(a)
-    record_stem = check_outputs(a)
     echo = make_echo_canceller(a, rate, block)
     if a.demo:
         with tempfile.TemporaryDirectory(prefix="moshi-mlx-demo-") as folder:
