@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text sampling temperature; 0 = greedy, as the models are meant to run")
     p.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=None,
                    help=f"0..{MAX_SEED}: the sampling seed when --temp > 0")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
-                   help="LM activation dtype (default: the checkpoint's)")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="LM compute dtype; auto = fp32 on the CPU for bf16 checkpoints that fit in memory "
+                   "(MLX's CPU runs fp32 faster), else the checkpoint's")
     mic = p.add_argument_group("microphone (--mic)")
     mic.add_argument("--input-device", default=None, help="microphone index or name (see --list-devices)")
     mic.add_argument("--list-devices", action="store_true", help="list the sound devices and exit")
@@ -119,13 +120,8 @@ def load_transcriber(a: argparse.Namespace):
 
     if not a.quiet:
         print(f"loading {a.model} ...", file=sys.stderr)
-    dtype = None
-    if a.dtype is not None:
-        import mlx.core as mx
-
-        dtype = {"bf16": mx.bfloat16, "fp32": mx.float32}[a.dtype]
     try:
-        model = load(a.model, revision=a.revision, dtype=dtype, kind="stt", need_tokenizer=True)
+        model = load(a.model, revision=a.revision, dtype=a.dtype, kind="stt", need_tokenizer=True)
         return model.transcriber(temp=a.temp, seed=a.seed)
     except LoadError as e:
         fail(str(e))

@@ -59,7 +59,9 @@ def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=No
     Args:
         model: hub repo id (e.g. `kyutai/moshiko-mlx-q4`), a checkpoint folder, or an LM weights file.
         revision: hub branch, tag or commit.
-        dtype: LM activation dtype (`mx.float32` for parity runs); None keeps the file's.
+        dtype: LM activation dtype (`mx.float32` for parity runs); None keeps the file's; `"auto"` picks
+            float32 on the CPU for float checkpoints that fit, else the file's (`moshi_mlx.compute_dtype`);
+            `"bf16"` / `"fp32"` name one.
         need_tokenizer: refuse a checkpoint without the text tokenizer, before any weight is read
             (else `tokenizer` is None and the model's words cannot be decoded).
         kind: `"stt"` checks from config.json, before reading any weights, that the model is speech-to-text.
@@ -78,6 +80,8 @@ def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=No
         _check_stt(files)
     if need_tokenizer and files.tokenizer is None:
         raise LoadError(_missing_tokenizer(files))
+    if isinstance(dtype, str):
+        dtype = _named_dtype(dtype, files.lm)
     try:
         lm = load_lm(files.lm, dtype=dtype, config=files.config)
     except (ValueError, OSError) as e:
@@ -104,6 +108,17 @@ def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=No
         except Exception as e:  # sentencepiece raises OSError/RuntimeError variants for bad files
             raise LoadError(f"{files.tokenizer}: not a sentencepiece model ({_one_line(e)})") from None
     return LoadedModel(lm, mimi, tokenizer, files)
+
+
+def _named_dtype(name: str, lm_file: Path):
+    import mlx.core as mx
+
+    from .compute_dtype import choose
+
+    if name not in ("auto", "bf16", "fp32"):
+        raise LoadError(f"unknown dtype {name!r}: use auto, bf16 or fp32")
+    chosen = choose(name, lm_file, on_gpu=mx.default_device().type == mx.DeviceType.gpu)
+    return None if chosen is None else {"bf16": mx.bfloat16, "fp32": mx.float32}[chosen]
 
 
 def _check_stt(files: CheckpointFiles) -> None:

@@ -84,7 +84,9 @@ class WordAligner:
         return max(0.0, step / FRAME_RATE - self.offset_seconds)
 
     def _segment_words(self, tokens: list[int], start: int, end: int) -> list[TimedWord]:
-        text = self.tokenizer.decode([t for t in tokens if t > self.pad_id])
+        # A model's text card may exceed its tokenizer's vocabulary: such ids are not text either.
+        size = self.tokenizer.get_piece_size()
+        text = self.tokenizer.decode([t for t in tokens if self.pad_id < t < size])
         names = text.split()
         out = []
         for name in names[:-1]:
