@@ -2,11 +2,12 @@
 
     python tests/reference/report.py [FIXTURES_DIR]
 Prints token agreement and logit differences: PyTorch fp32 vs bf16, PyTorch vs moshi_mlx, moshi_mlx bf16 vs
-q8/q4 (teacher-forced), and Mimi codes PyTorch vs moshi_mlx (vs rustymimi where present).
+q8/q4 (teacher-forced), Mimi codes PyTorch vs moshi_mlx (vs rustymimi where present), and the same for STT.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -74,12 +75,41 @@ def mimi_report(d: Path) -> None:
     print(f"  distinct codes per codebook (32): min {min(distinct)}, max {max(distinct)}")
 
 
+def stt_report(d: Path) -> None:
+    g = common.load_npz(d / "golden.npz")
+    cfg = json.loads((d / "config.json").read_text())
+    ref = g["torch_fp32.text"]
+    print(f"STT {d.name}: {ref.shape[0]} greedy steps ({int(g['prefix_frames'].reshape(-1)[0])} silent prefix, "
+          f"{int(g['suffix_frames'].reshape(-1)[0])} silent suffix frames), context {cfg['context']}; "
+          "text vs torch_fp32")
+    for run in ("torch_bf16", "mlx_fp32", "mlx_bf16"):
+        if f"{run}.text" in g:
+            t = g[f"{run}.text"]
+            print(f"  {run:<12} {100 * (t == ref).mean():5.1f}% agree, first divergence {first_divergence(t, ref)}")
+    ctx = cfg["context"]
+    if "mlx_fp32.text_logits" in g:
+        err = np.abs(g["mlx_fp32.text_logits"] - g["torch_fp32.text_logits"]).max(-1)
+        print(f"  mlx_fp32 text logits max abs diff: {err[:ctx].max():.2e} within the context, "
+              f"{err[ctx:].max():.2e} past it (moshi_mlx attends to context + 1)")
+        e = np.abs(g["mlx_fp32.eot"] - g["torch_fp32.eot"]).max(axis=(1, 2))
+        print(f"  mlx_fp32 extra heads max abs diff: {e[:ctx].max():.2e} within the context")
+    err = np.abs(g["tf.torch_bf16.text_logits"].astype(np.float32) - g["torch_fp32.text_logits"])
+    top1 = (g["tf.torch_bf16.text_logits"].argmax(-1) == ref).mean()
+    print(f"  torch_bf16 teacher-forced: text logits max abs diff {err.max():.2e}, top-1 agree {100 * top1:.1f}%, "
+          f"extra heads {np.abs(g['tf.torch_bf16.eot'] - g['torch_fp32.eot']).max():.2e}")
+    srt = np.sort(g["torch_fp32.text_logits"], axis=-1)
+    print(f"  torch_fp32 smallest top-1 margin: {(srt[:, -1] - srt[:, -2]).min():.3f}")
+
+
 def main() -> None:
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "fixtures"
     for d in sorted(root.iterdir()):
-        if (d / "golden.npz").exists() and (d / "config.json").exists():
-            lm_report(d)
-        elif (d / "golden.npz").exists() and (d / "mimi_config.json").exists():
+        if not (d / "golden.npz").exists():
+            continue
+        if (d / "config.json").exists():
+            stt = json.loads((d / "config.json").read_text()).get("model_type") == "stt"
+            (stt_report if stt else lm_report)(d)
+        elif (d / "mimi_config.json").exists():
             mimi_report(d)
 
 
