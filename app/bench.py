@@ -4,6 +4,7 @@
     moshi-mlx-bench mimi [--reference-python PY] [--minutes N] [--only ROW ...] ...   (app/bench_mimi.py)
     moshi-mlx-bench offline [--model DIR] [--seconds N]                     (app/bench_offline.py)
     moshi-mlx-bench engine [--model DIR] [--frames N] [--realtime]          (app/bench_engine.py)
+    moshi-mlx-bench stt [--model DIR | --size 1b|mid] [--seconds N]        (app/bench_stt.py)
 
 Every one takes `--blas bundled|openblas` (Linux: the BLAS of every worker, both sides alike; app/blas.py).
 
@@ -18,7 +19,7 @@ import sys
 from app.cli_parser import EXIT_OK, EXIT_USAGE
 
 
-COMMANDS = ("lm", "mimi", "offline", "engine")
+COMMANDS = ("lm", "mimi", "offline", "engine", "stt")
 PROG = "moshi-mlx-bench"
 
 
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         from app.bench_mimi import main as run
     elif what == "engine":
         from app.bench_engine import main as run
+    elif what == "stt":
+        from app.bench_stt import main as run
     else:
         from app.bench_offline import main as run
     return run(rest)
