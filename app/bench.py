@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from app.cli_parser import EXIT_OK, EXIT_USAGE
+from .cli_parser import EXIT_OK, EXIT_USAGE
 
 
 COMMANDS = ("lm", "mimi", "offline", "engine", "stt")
@@ -41,15 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     what, rest = argv[0], argv[1:]
     if what == "lm":
-        from app.bench_lm import main as run
+        from .bench_lm import main as run
     elif what == "mimi":
-        from app.bench_mimi import main as run
+        from .bench_mimi import main as run
     elif what == "engine":
-        from app.bench_engine import main as run
+        from .bench_engine import main as run
     elif what == "stt":
-        from app.bench_stt import main as run
+        from .bench_stt import main as run
     else:
-        from app.bench_offline import main as run
+        from .bench_offline import main as run
     return run(rest)
 
 

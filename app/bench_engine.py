@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from app import blas
-from app.cli_parser import make_parser
-from app.bench_offline import REPO, make_checkpoint, test_signal
+from . import blas
+from .cli_parser import make_parser
+from .bench_offline import REPO, make_checkpoint, test_signal
 
 FRAME, RATE = 1920, 24000
 FRAME_S = FRAME / RATE
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env, blas_header = blas.setup(a.blas)
     folder = (a.checkpoint or make_checkpoint(a.out, "bf16")).resolve()
-    cmd = [sys.executable, "-m", "app.bench_engine", "--worker", "--model", str(folder),
+    # This module's own name: app.bench_engine in the checkout, moshi_mlx.app.bench_engine installed.
+    cmd = [sys.executable, "-m", f"{__package__}.bench_engine", "--worker", "--model", str(folder),
            "--frames", str(a.frames)] + (["--realtime"] if a.realtime else []) + \
         (["--codec-devices", a.codec_devices] if a.codec_devices else [])
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)

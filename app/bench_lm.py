@@ -32,9 +32,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 try:
-    from app import blas
-    from app.cli_parser import make_parser
-except ImportError:  # a worker in Kyutai's environment, run as a script: app/ is on sys.path
+    from . import blas
+    from .cli_parser import make_parser
+except ImportError:  # run as a script (the workers, Kyutai's side too): no parent package; app/ is on sys.path
     import blas
     from cli_parser import make_parser
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from app import blas
-    from app.cli_parser import make_parser
-except ImportError:  # a worker in Kyutai's environment, run as a script: app/ is on sys.path
+    from . import blas
+    from .cli_parser import make_parser
+except ImportError:  # run as a script (the workers, Kyutai's side too): no parent package; app/ is on sys.path
     import blas
     from cli_parser import make_parser
 
@@ -170,11 +170,10 @@ def worker(impl: str, weights: str, num_codebooks: int, frames: int, seed: int) 
 
 def _graph_op_counter():
     """The LM benchmark's counter of primitives evaluated per step (the same rule for every side)."""
-    sys.path.insert(0, str(REPO))
     try:
-        from app.bench_lm import _count_graph_ops
-    finally:
-        sys.path.remove(str(REPO))  # in the reference interpreter, `moshi_mlx` must stay Kyutai's
+        from .bench_lm import _count_graph_ops
+    except ImportError:  # a worker runs this file as a script, its folder on sys.path; bench_lm imports
+        from bench_lm import _count_graph_ops  # nothing of ours at load, so `moshi_mlx` stays Kyutai's there
     return _count_graph_ops
 
 

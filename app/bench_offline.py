@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 try:
-    from app import blas
-    from app.cli_parser import make_parser
-except ImportError:  # Kyutai's side runs this file as a script: app/ is on sys.path
+    from . import blas
+    from .cli_parser import make_parser
+except ImportError:  # run as a script (the workers, Kyutai's side too): no parent package; app/ is on sys.path
     import blas
     from cli_parser import make_parser
 
@@ -51,8 +51,8 @@ def test_signal(seconds: float):
 def make_checkpoint(out: Path, precision: str = "bf16") -> Path:
     """A chain checkpoint folder under `out`, written once: bench_lm's random mid-size LM at `precision`
     (Kyutai's MLX layout, config.json) and bench_mimi's random published-size Mimi. Returns the folder."""
-    from app.bench_lm import PRECISIONS, _make_checkpoints
-    from app.bench_mimi import write_random_checkpoint
+    from .bench_lm import PRECISIONS, _make_checkpoints
+    from .bench_mimi import write_random_checkpoint
     from moshi_mlx.constants import MIMI_FILE
 
     lm_dir, folder = out / "lm_mid", out / f"chain_mid_{precision}"

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 try:
-    from app import blas
-    from app.cli_parser import make_parser
-except ImportError:  # Kyutai's side runs this file as a script: app/ is on sys.path
+    from . import blas
+    from .cli_parser import make_parser
+except ImportError:  # run as a script (the workers, Kyutai's side too): no parent package; app/ is on sys.path
     import blas
     from cli_parser import make_parser
 
@@ -57,7 +57,7 @@ def stt_config(size: str) -> dict:
 
 def make_checkpoint(out: Path, size: str) -> Path:
     """The random checkpoint folder for `size` under `out`, written once."""
-    from app.bench_mimi import write_random_checkpoint
+    from .bench_mimi import write_random_checkpoint
     from moshi_mlx.demo import train_tokenizer, write_random_lm
 
     folder = out / f"stt_{size}"

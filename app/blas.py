@@ -55,7 +55,7 @@ def setup(choice: str) -> tuple[dict[str, str], str]:
     if choice == "openblas":
         lib = openblas_library()
         if lib is None:
-            from app.cli_common import fail
+            from .cli_common import fail
 
             fail(f"--blas openblas: OpenBLAS is not installed ({OPENBLAS_GLOB} not found); "
                  f"install it with `{INSTALL_HINT}` (as root)")

@@ -19,10 +19,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from app.cli_common import (EXIT_DEVICE, EXIT_FAILURE, add_codec_device_arg, add_model_args, add_sampling_args,
-                            bounded_float, bounded_int, build_demo_model, check_codec_device, compile_notice, fail, load_model,
-                            make_engine, make_parser, sampling_from_args)
 from moshi_mlx.constants import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
+
+from .cli_common import (EXIT_DEVICE, EXIT_FAILURE, add_codec_device_arg, add_model_args, add_sampling_args,
+                         bounded_float, bounded_int, build_demo_model, check_codec_device, compile_notice, fail, load_model,
+                         make_engine, make_parser, sampling_from_args)
 
 VOICES = {"moshiko": "kyutai/moshiko-mlx", "moshika": "kyutai/moshika-mlx"}
 # q4 (4.8 GB of weights) leaves room below ~24 GB of RAM; q8 (8.2 GB) sounds better where it fits.
@@ -172,7 +173,7 @@ def run(a: argparse.Namespace) -> int:
         model = load_model(a, quiet=a.quiet)
     engine = make_engine(model, sampling, a)
 
-    from app.duplex import DuplexSession
+    from .duplex import DuplexSession
 
     transcript: list[str] = []
 
@@ -278,7 +279,7 @@ def session_summary(session) -> str:
 
 def check_outputs(a: argparse.Namespace) -> Path | None:
     """Checks --record and --stats-log before the model loads; returns the recording's path stem."""
-    from app.recording import RecordingError, check_record_dir, session_stem
+    from .recording import RecordingError, check_record_dir, session_stem
 
     stem = None
     if a.record is not None:
@@ -300,7 +301,7 @@ def check_outputs(a: argparse.Namespace) -> Path | None:
 def make_echo_canceller(a: argparse.Namespace, rate: int, block: int):
     if a.echo_cancel == "off":
         return None
-    from app.echo import EchoCanceller, EchoUnavailable
+    from .echo import EchoCanceller, EchoUnavailable
 
     try:
         return EchoCanceller(rate, block_size=block)
@@ -312,7 +313,7 @@ class SessionRecording:
     """The --record files: the WAV written as blocks come (main thread), the transcript every few seconds."""
 
     def __init__(self, stem: Path, rate: int, channels: int, transcript):
-        from app.recording import JsonSnapshots, Recorder
+        from .recording import JsonSnapshots, Recorder
 
         self.wav, self.json = stem.with_suffix(".wav"), stem.with_suffix(".json")
         self.rate = rate
@@ -329,7 +330,7 @@ class SessionRecording:
         self.snapshots.maybe_write()
 
     def close(self, final: dict) -> list[Path]:
-        from app.recording import write_json_atomic
+        from .recording import write_json_atomic
 
         self.wave.close()
         write_json_atomic(self.json, final)
@@ -346,7 +347,7 @@ def _ui_loop(a, session, stream, stop: threading.Event, transcript: list[str], d
     if not a.quiet:
         from rich.live import Live
 
-        from app.view import render
+        from .view import render
 
         live = Live(render("", session, None, device_info), refresh_per_second=10, transient=False)
         live.start()

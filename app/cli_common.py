@@ -8,11 +8,12 @@ import math
 import sys
 from typing import NoReturn
 
+from moshi_mlx.constants import DEFAULT_AUDIO_TEMP, DEFAULT_AUDIO_TOP_K, DEFAULT_TEXT_TEMP, DEFAULT_TEXT_TOP_K
+
 # The parser and the exit codes live in app/cli_parser.py (no package imports, for the benchmarks'
 # workers); the tools take them from here.
-from app.cli_parser import (EXIT_DEVICE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,  # noqa: F401
-                            CliParser, make_parser)
-from moshi_mlx.constants import DEFAULT_AUDIO_TEMP, DEFAULT_AUDIO_TOP_K, DEFAULT_TEXT_TEMP, DEFAULT_TEXT_TOP_K
+from .cli_parser import (EXIT_DEVICE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,  # noqa: F401
+                         CliParser, make_parser)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

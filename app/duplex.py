@@ -24,10 +24,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from app.latency import CallbackClock, LatencyMeter
 from moshi_mlx.audio.resample import Resampler
 from moshi_mlx.audio.ring import SampleRing
 from moshi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
+
+from .latency import CallbackClock, LatencyMeter
 
 StepFn = Callable[[np.ndarray], "tuple[np.ndarray, str | None]"]
 StreamFn = Callable[[Iterable[np.ndarray]], Iterable[Any]]

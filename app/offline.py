@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from app.cli_common import (add_codec_device_arg, add_model_args, add_sampling_args, bounded_float, build_demo_model,
-                            check_codec_device, compile_notice, fail, load_model, make_engine, make_parser,
-                            sampling_from_args)
-from app.outputs import OutputPathError, check_output_files
 from moshi_mlx.audio import AudioFormatError, read_wav, resample, write_wav
 from moshi_mlx.constants import FRAME_RATE, SAMPLE_RATE
 from moshi_mlx.loading import DEFAULT_REPO
+
+from .cli_common import (add_codec_device_arg, add_model_args, add_sampling_args, bounded_float, build_demo_model,
+                         check_codec_device, compile_notice, fail, load_model, make_engine, make_parser,
+                         sampling_from_args)
+from .outputs import OutputPathError, check_output_files
 
 
 def build_parser():

@@ -18,10 +18,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from app.cli_common import (EXIT_DEVICE, EXIT_INTERRUPTED, bounded_float, bounded_int, fail, load_model,
-                            make_parser, MAX_SEED)
-from app.outputs import OutputPathError, check_output_files, write_text_atomic
-from app.subtitles import to_srt
+from .cli_common import (EXIT_DEVICE, EXIT_INTERRUPTED, bounded_float, bounded_int, fail, load_model,
+                         make_parser, MAX_SEED)
+from .outputs import OutputPathError, check_output_files, write_text_atomic
+from .subtitles import to_srt
 
 DEFAULT_STT_REPO = "kyutai/stt-1b-en_fr-candle"
 END_OF_TURN_THRESHOLD = 0.5
@@ -79,7 +79,7 @@ def run(a: argparse.Namespace) -> int:
         fail(str(e))
     if a.mic:
         return run_mic(a)
-    from app.offline import read_input
+    from .offline import read_input
 
     pcm = read_input(a.input)
     if len(pcm) == 0:
@@ -159,7 +159,7 @@ def _transcribe_with_progress(stt, pcm):
 
 
 def run_mic(a: argparse.Namespace) -> int:
-    from app.mic import DeviceError, Microphone, pick_input
+    from .mic import DeviceError, Microphone, pick_input
 
     sd = import_sounddevice()
     try:
@@ -168,7 +168,7 @@ def run_mic(a: argparse.Namespace) -> int:
         fail(str(e), EXIT_DEVICE)
     recorder = None
     if a.record is not None:
-        from app.recording import Recorder, RecordingError, check_record_dir, session_stem
+        from .recording import Recorder, RecordingError, check_record_dir, session_stem
 
         try:
             folder = check_record_dir(a.record)

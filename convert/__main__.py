@@ -15,7 +15,12 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from app.cli_common import EXIT_INTERRUPTED, fail, make_parser
+# The tools' shared CLI pieces live in the sibling package: `app` beside `convert` in the checkout (tests,
+# `python -m convert`), `moshi_mlx.app` beside `moshi_mlx.convert` once installed (pyproject.toml maps them).
+if __package__ == "convert":
+    from app.cli_common import EXIT_INTERRUPTED, fail, make_parser
+else:
+    from ..app.cli_common import EXIT_INTERRUPTED, fail, make_parser
 
 from . import ConvertError
 from .pipeline import Options, human_size, run

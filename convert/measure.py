@@ -39,14 +39,15 @@ _BF16_SIGN_MANTISSA = 0x807F
 _BF16_EXPONENT = 0x3C00
 
 # What the child process runs: the console entry point, then its own peak RSS in bytes on stdout as JSON.
-_CHILD = """
+# It imports this package by its own name: `convert` in the checkout, `moshi_mlx.convert` installed.
+_CHILD = f"""
 import json, sys
-from convert.__main__ import main
-from convert.measure import peak_rss_bytes
+from {__package__}.__main__ import main
+from {__package__}.measure import peak_rss_bytes
 try:
     main(sys.argv[1:])
 finally:
-    print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}))
+    print(json.dumps({{"peak_rss_bytes": peak_rss_bytes()}}))
 """
 
 
