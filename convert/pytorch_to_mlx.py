@@ -104,8 +104,8 @@ def _torch_source(target: str, config: LmConfig) -> tuple[str, int | None]:
         return f"depformer_in.{config.depformer_in_index(k)}.weight", None
     if rest == "linear_out.weight":
         return f"linears.{k}.weight", None
-    if rest == "emb.weight":
-        return ("depformer_text_emb.weight" if k == 0 else f"depformer_emb.{k - 1}.weight"), None
+    if rest.startswith("emb."):  # the table, and a low-rank or demultiplexed table's projections
+        return ("depformer_text_emb." if k == 0 else f"depformer_emb.{k - 1}.") + rest[len("emb."):], None
     layer = _SLICE_LAYER.match(rest)
     if layer is None:
         raise ConvertError(f"internal: no PyTorch name known for {target}")

@@ -50,9 +50,11 @@ def quantizes(mapping: Mapping) -> bool:
     """True for the tensors Kyutai quantizes: Linear and Embedding weights (2-D, not norms).
 
     The STT models' extra heads (6 rows each) stay float: quantizing saves nothing worth having, and
-    their end-of-turn probability is compared against a threshold.
+    their end-of-turn probability is compared against a threshold. So do the conditioners (TTS), small
+    and kept in float32 by Kyutai.
     """
-    return len(mapping.shape) == 2 and not is_norm(mapping.target) and not mapping.target.startswith("extra_heads.")
+    return (len(mapping.shape) == 2 and not is_norm(mapping.target)
+            and not mapping.target.startswith(("extra_heads.", "condition_provider.")))
 
 
 def check_group_size(mappings: list[Mapping], quant: Quantization) -> None:

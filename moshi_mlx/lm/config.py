@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .conditioning import ConditioningConfig
+
 _SUPPORTED_NORM = "rms_norm_f32"
 _SUPPORTED_GATING = "silu"
 _SUPPORTED_POS_EMB = ("rope",)
@@ -71,6 +73,7 @@ class LmConfig:
     cross_attention: bool = False
     extra_heads_num_heads: int = 0
     extra_heads_dim: int = 6
+    conditioning: ConditioningConfig | None = None
 
     def __post_init__(self) -> None:
         # Lists from JSON become tuples so the config stays hashable and immutable.
@@ -91,11 +94,10 @@ class LmConfig:
             "layer_scale": (self.layer_scale, self.layer_scale is None),
             "depformer_layer_scale": (self.depformer_layer_scale, self.depformer_layer_scale is None),
             "depformer_low_rank_embeddings": (self.depformer_low_rank_embeddings,
-                                              self.depformer_low_rank_embeddings is None),
-            "demux_second_stream": (self.demux_second_stream, not self.demux_second_stream),
+                                              self.depformer_low_rank_embeddings is None
+                                              or self.depformer_low_rank_embeddings > 0),
             "text_card_out": (self.text_card_out, self.text_card_out in (None, self.text_card)),
             "kv_repeat": (self.kv_repeat, self.kv_repeat == 1),
-            "cross_attention": (self.cross_attention, not self.cross_attention),
             "depformer_dim_feedforward": (self.depformer_dim_feedforward,
                                           not isinstance(self.depformer_dim_feedforward, (list, tuple))),
         }
@@ -126,8 +128,12 @@ class LmConfig:
         kwargs = {k: v for k, v in data.items() if k in names}
         if "demux_second_text_stream" in data:
             kwargs["demux_second_stream"] = data["demux_second_text_stream"]
-        if data.get("conditioners"):
-            raise ValueError("LM config: conditioners are not supported by moshi_mlx.lm")
+        if isinstance(data.get("conditioning"), ConditioningConfig):
+            kwargs["conditioning"] = data["conditioning"]
+        elif data.get("conditioners"):
+            kwargs["conditioning"] = ConditioningConfig.from_dict(data["conditioners"], data.get("fuser"))
+        else:
+            kwargs.pop("conditioning", None)
         return cls(**kwargs)
 
     @classmethod
@@ -154,7 +160,9 @@ class LmConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config in Kyutai's schema (JSON-ready)."""
-        out = dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "conditioning"}
+        if self.conditioning is not None:
+            out.update(self.conditioning.to_dict())
         out["delays"] = list(self.delays)
         if self.depformer_weights_per_step_schedule is not None:
             out["depformer_weights_per_step_schedule"] = list(self.depformer_weights_per_step_schedule)

@@ -15,10 +15,17 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
+from .embeddings import DemuxEmbedding, LowRankEmbedding
 from .transformer import Attention, RMSNorm, SwiGLU, embed
 
 Sampler = Callable[[mx.array, mx.array], mx.array]
 """`(logits [B, V] float32, key) -> tokens [B] int32`."""
+
+
+def _embed(table: nn.Module, tokens: mx.array) -> mx.array:
+    if isinstance(table, (nn.Embedding, nn.QuantizedEmbedding)):
+        return embed(table, tokens)
+    return table(tokens)
 
 
 class DepformerLayer(nn.Module):
@@ -52,12 +59,22 @@ class SliceTransformer(nn.Module):
         self.layers = [DepformerLayer(dim, num_heads, hidden) for _ in range(num_layers)]
 
 
-class DepformerSlice(nn.Module):
-    """What codebook k owns: input embedding, layers, head."""
+def _input_embedding(vocab: int, dim: int, low_rank: int | None, demux: bool) -> nn.Module:
+    """A slice's input table: plain, low-rank (Kyutai's TTS) and/or demultiplexed (the text one)."""
+    if demux:
+        return DemuxEmbedding(vocab, low_rank or dim, dim, lift=low_rank is not None)
+    if low_rank is not None:
+        return LowRankEmbedding(vocab, low_rank, dim)
+    return nn.Embedding(vocab, dim)
 
-    def __init__(self, in_vocab: int, dim: int, card: int, num_heads: int, num_layers: int, hidden: int):
+
+class DepformerSlice(nn.Module):
+    """What codebook k owns: input embedding, layers, head (slices of a weight-sharing schedule hold the
+    same arrays)."""
+
+    def __init__(self, emb: nn.Module, dim: int, card: int, num_heads: int, num_layers: int, hidden: int):
         super().__init__()
-        self.emb = nn.Embedding(in_vocab, dim)
+        self.emb = emb
         self.transformer = SliceTransformer(dim, num_heads, num_layers, hidden)
         self.linear_out = nn.Linear(dim, card, bias=False)
 
@@ -65,17 +82,20 @@ class DepformerSlice(nn.Module):
 class Depformer(nn.Module):
     """`dep_q` slices; slice 0 embeds the text token, slice k > 0 embeds codebook k-1."""
 
-    def __init__(self, dep_q: int, text_card: int, card: int, main_dim: int, dim: int, num_heads: int,
-                 num_layers: int, hidden: int):
+    def __init__(self, config, hidden: int):
         super().__init__()
-        self.linear_in = nn.Linear(main_dim, dep_q * dim, bias=False)
+        c = config
+        dim = c.depformer_dim
+        self.linear_in = nn.Linear(c.dim, c.dep_q * dim, bias=False)
         self.slices = [
-            DepformerSlice(text_card + 1 if k == 0 else card + 1, dim, card, num_heads, num_layers, hidden)
-            for k in range(dep_q)
+            DepformerSlice(_input_embedding(c.text_card + 1 if k == 0 else c.card + 1, dim,
+                                            c.depformer_low_rank_embeddings, k == 0 and c.demux_second_stream),
+                           dim, c.card, c.depformer_num_heads, c.depformer_num_layers, hidden)
+            for k in range(c.dep_q)
         ]
 
     def __call__(self, h: mx.array, first_token: mx.array, *, sampler: Sampler | None = None,
-                 key: mx.array | None = None, forced: mx.array | None = None
+                 key: mx.array | None = None, forced: mx.array | None = None, cfg_coef: float | None = None
                  ) -> tuple[mx.array, mx.array]:
         """Produces one frame of codebooks.
 
@@ -85,9 +105,12 @@ class Depformer(nn.Module):
             sampler: Picks each codebook's token from its float32 logits and a random key.
             key: Random key; split once per codebook.
             forced: Teacher forcing: `[B, dep_q]` tokens to use instead of sampling.
+            cfg_coef: Classifier-free guidance: `h` stacks the conditioned batch on the null one (`2B` rows,
+                `first_token` too); each codebook samples from `null + (cond - null) * cfg_coef` and feeds
+                its token to both halves.
 
         Returns:
-            `(tokens [B, dep_q] int32, logits [B, dep_q, card] float32)`.
+            `(tokens [B, dep_q] int32, logits [B, dep_q, card] float32)` (the mixed logits under CFG).
         """
         if forced is None and sampler is None:
             raise ValueError("Depformer needs a sampler or forced tokens")
@@ -100,15 +123,18 @@ class Depformer(nn.Module):
         # Codebooks are single positions: working on `[B, D]` keeps reshapes out of the graph.
         projected = self.linear_in(h.reshape(b, -1)).reshape(b, len(self.slices), -1)
         for k, part in enumerate(self.slices):
-            x = projected[:, k] + embed(part.emb, prev)
+            x = projected[:, k] + _embed(part.emb, prev)
             for layer, layer_past in zip(part.transformer.layers, past):
                 x = layer(x, layer_past)
             logits = part.linear_out(x).astype(mx.float32)
+            if cfg_coef is not None:
+                cond, null = mx.split(logits, 2, axis=0)
+                logits = null + (cond - null) * cfg_coef
             if forced is None:
                 token = sampler(logits, None if keys is None else keys[k])
             else:
                 token = forced[:, k]
             tokens.append(token)
             all_logits.append(logits)
-            prev = token
+            prev = token if cfg_coef is None else mx.concatenate([token, token], axis=0)
         return mx.stack(tokens, axis=1), mx.stack(all_logits, axis=1)

@@ -12,14 +12,18 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .cache import KVCache, make_kv_caches
+from .conditioning import ConditionProvider
 from .config import LmConfig
 from .depformer import Depformer, Sampler
+from .embeddings import DemuxEmbedding
 from .transformer import RMSNorm, Transformer, embed
 
 
 def input_vocab_sizes(config: LmConfig) -> list[int]:
-    """Rows of each input embedding, in stream order (text, then the n_q audio streams)."""
-    return [config.text_card + 1] + [config.card + 1] * config.n_q
+    """Rows of each table stacked in `Lm.emb`, in stream order: text (unless it is demultiplexed, and so
+    embedded apart by `Lm.text_emb`), then the n_q audio streams."""
+    text = [] if config.demux_second_stream else [config.text_card + 1]
+    return text + [config.card + 1] * config.n_q
 
 
 class Lm(nn.Module):
@@ -42,12 +46,16 @@ class Lm(nn.Module):
         for size in input_vocab_sizes(c)[:-1]:
             offsets.append(offsets[-1] + size)
         self._emb_offsets = mx.array(offsets, dtype=mx.int32)
-        self.transformer = Transformer(c.dim, c.num_heads, c.num_layers, c.hidden, c.max_period, c.context)
+        if c.demux_second_stream:
+            self.text_emb = DemuxEmbedding(c.text_card + 1, c.dim, c.dim)
+        self.transformer = Transformer(c.dim, c.num_heads, c.num_layers, c.hidden, c.max_period, c.context,
+                                       c.cross_attention)
         self.out_norm = RMSNorm(c.dim)
         self.text_linear = nn.Linear(c.dim, c.text_card, bias=False)
         if c.has_depformer:
-            self.depformer = Depformer(c.dep_q, c.text_card, c.card, c.dim, c.depformer_dim,
-                                       c.depformer_num_heads, c.depformer_num_layers, c.depformer_hidden)
+            self.depformer = Depformer(c, c.depformer_hidden)
+        if c.conditioning is not None:
+            self.condition_provider = ConditionProvider(c.conditioning, c.dim)
         # Kept as separate Linears: the checkpoints name them `extra_heads.{i}.weight`.
         self.extra_heads = [nn.Linear(c.dim, c.extra_heads_dim, bias=False)
                             for _ in range(c.extra_heads_num_heads)]
@@ -65,13 +73,41 @@ class Lm(nn.Module):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         return make_kv_caches(c.num_layers, batch_size, c.num_heads, c.head_dim, c.context, self.dtype)
 
-    def embed_inputs(self, tokens: mx.array) -> mx.array:
-        """Sums the stream embeddings of `tokens` `[B, 1 + n_q, T]` (text first) into `[B, T, dim]`."""
-        rows = embed(self.emb, tokens, self._emb_offsets[None, :, None])
-        return rows.sum(axis=1)
+    def embed_inputs(self, tokens: mx.array, condition_sum: mx.array | None = None) -> mx.array:
+        """Sums the stream embeddings of `tokens` `[B, 1 + n_q, T]` (text first) into `[B, T, dim]`, plus the
+        summed conditions `[B, 1, dim]` when the model has them."""
+        if self.config.demux_second_stream:
+            audio = embed(self.emb, tokens[:, 1:], self._emb_offsets[None, :, None]).sum(axis=1)
+            x = audio + self.text_emb(tokens[:, 0])
+        else:
+            x = embed(self.emb, tokens, self._emb_offsets[None, :, None]).sum(axis=1)
+        if condition_sum is not None:
+            x = x + condition_sum.astype(x.dtype)
+        return x
 
-    def forward_temporal(self, tokens: mx.array, cache: list[KVCache] | None = None
-                         ) -> tuple[mx.array, mx.array]:
+    def conditions(self, values: dict[str, list[str | None]] | None = None,
+                   tensors: dict[str, tuple[mx.array, mx.array]] | None = None
+                   ) -> tuple[mx.array | None, list[tuple[mx.array, mx.array]] | None]:
+        """The model's conditions for a batch: `(condition_sum [B, 1, dim] or None, cross_kv or None)`.
+
+        `cross_kv` holds every layer's cross-attention keys and values of the fused source, computed once
+        here and passed to every step (see `moshi_mlx.lm.conditioning`).
+        """
+        if "condition_provider" not in self:
+            if values or tensors:
+                raise ValueError("this model takes no conditions")
+            return None, None
+        total, cross = self.condition_provider.fuse(values or {}, tensors or {})
+        cross_kv = None
+        if cross is not None:
+            if not self.config.cross_attention:
+                raise ValueError("the fuser has cross conditions but the model no cross-attention")
+            cross_kv = self.transformer.cross_kv(cross)
+        return total, cross_kv
+
+    def forward_temporal(self, tokens: mx.array, cache: list[KVCache] | None = None,
+                         condition_sum: mx.array | None = None,
+                         cross_kv: list[tuple[mx.array, mx.array]] | None = None) -> tuple[mx.array, mx.array]:
         """Temporal transformer on inputs `[B, 1 + n_q, T]`.
 
         Args:
@@ -85,11 +121,13 @@ class Lm(nn.Module):
         c = self.config
         if tokens.ndim != 3 or tokens.shape[1] != 1 + c.n_q:
             raise ValueError(f"tokens must be [B, {1 + c.n_q}, T], got {list(tokens.shape)}")
-        h = self.out_norm(self.transformer(self.embed_inputs(tokens), cache))
+        h = self.out_norm(self.transformer(self.embed_inputs(tokens, condition_sum), cache, cross_kv))
         return h, self.text_linear(h)
 
     def temporal_step(self, tokens: mx.array, keys: list[mx.array], values: list[mx.array], offset: mx.array,
-                      visible: int) -> tuple[mx.array, mx.array, list[mx.array], list[mx.array]]:
+                      visible: int, condition_sum: mx.array | None = None,
+                      cross_kv: list[tuple[mx.array, mx.array]] | None = None
+                      ) -> tuple[mx.array, mx.array, list[mx.array], list[mx.array]]:
         """One step of the temporal transformer as a pure function of its inputs (compilable).
 
         Args:
@@ -97,18 +135,19 @@ class Lm(nn.Module):
             keys: Per-layer ring caches (`KVCache.keys`); `values` likewise.
             offset: Position of this step, int32 scalar array.
             visible: Static count of leading ring slots to attend over (>= every written slot).
+            condition_sum, cross_kv: The conditions, from `conditions()` (models that have them).
 
         Returns:
             `(h [B, 1, dim], text_logits [B, 1, text_card], keys, values)`.
         """
-        x = self.embed_inputs(tokens[:, :, None])
-        x, keys, values = self.transformer.step(x, keys, values, offset, visible)
+        x = self.embed_inputs(tokens[:, :, None], condition_sum)
+        x, keys, values = self.transformer.step(x, keys, values, offset, visible, cross_kv)
         h = self.out_norm(x)
         return h, self.text_linear(h), keys, values
 
     def forward_depformer(self, h: mx.array, text_token: mx.array, *, sampler: Sampler | None = None,
-                          key: mx.array | None = None, forced: mx.array | None = None
-                          ) -> tuple[mx.array, mx.array]:
+                          key: mx.array | None = None, forced: mx.array | None = None,
+                          cfg_coef: float | None = None) -> tuple[mx.array, mx.array]:
         """One frame of Moshi's codebooks from `h` `[B, 1, dim]` (see `Depformer.__call__`).
 
         A text-only model (dep_q 0) returns empty `[B, 0]` tokens and `[B, 0, card]` logits.
@@ -116,7 +155,7 @@ class Lm(nn.Module):
         if not self.config.has_depformer:
             b = h.shape[0]
             return mx.zeros((b, 0), dtype=mx.int32), mx.zeros((b, 0, self.config.card), dtype=mx.float32)
-        return self.depformer(h, text_token, sampler=sampler, key=key, forced=forced)
+        return self.depformer(h, text_token, sampler=sampler, key=key, forced=forced, cfg_coef=cfg_coef)
 
     def extra_head_probs(self, h: mx.array) -> mx.array:
         """Softmax of every extra head on the temporal output `h` `[B, T, dim]` (after `out_norm`).

@@ -84,13 +84,58 @@ class Attention(nn.Module):
         return self.out_proj(merged)
 
 
-class TransformerLayer(nn.Module):
-    """Pre-norm layer of the temporal transformer: RoPE self-attention over a sliding window, then SwiGLU."""
+class CrossAttention(nn.Module):
+    """Attention from the sequence to a fixed source (Kyutai's TTS: the speaker embeddings): no RoPE, no mask.
 
-    def __init__(self, dim: int, num_heads: int, hidden: int, max_period: float, context: int):
+    One fused `in_proj` `[3 * D, D]`: its first D rows project the queries, the other 2D the source into
+    keys and values, which are computed once per source (`kv`) and reused at every step.
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.in_proj = nn.Linear(dim, 3 * dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def _rows(self, start: int, stop: int) -> mx.array:
+        if isinstance(self.in_proj, nn.QuantizedLinear):
+            p = self.in_proj
+            return mx.dequantize(p.weight[start:stop], p.scales[start:stop], p.biases[start:stop],
+                                 p.group_size, p.bits)
+        return self.in_proj.weight[start:stop]
+
+    def kv(self, source: mx.array) -> tuple[mx.array, mx.array]:
+        """Keys and values `[B, heads, S, head_dim]` of a source `[B, S, D]`."""
+        b, n, d = source.shape
+        kv = source.astype(self.out_proj_dtype()) @ self._rows(d, 3 * d).T
+        k, v = mx.split(kv.reshape(b, n, 2 * self.num_heads, self.head_dim).transpose(0, 2, 1, 3), 2, axis=1)
+        return k, v
+
+    def out_proj_dtype(self) -> mx.Dtype:
+        p = self.out_proj
+        return p.scales.dtype if isinstance(p, nn.QuantizedLinear) else p.weight.dtype
+
+    def __call__(self, x: mx.array, k: mx.array, v: mx.array) -> mx.array:
+        b, t, d = x.shape
+        q = (x @ self._rows(0, d).T).reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, d))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm layer of the temporal transformer: RoPE self-attention over a sliding window, then (with
+    `cross_attention`) attention to a fixed source after a LayerNorm, then SwiGLU."""
+
+    def __init__(self, dim: int, num_heads: int, hidden: int, max_period: float, context: int,
+                 cross_attention: bool = False):
         super().__init__()
         self.norm1 = RMSNorm(dim)
         self.self_attn = Attention(dim, num_heads)
+        if cross_attention:
+            self.norm_cross = nn.LayerNorm(dim, eps=1e-5)
+            self.cross_attention = CrossAttention(dim, num_heads)
         self.norm2 = RMSNorm(dim)
         self.gating = SwiGLU(dim, hidden)
         self.max_period = float(max_period)
@@ -103,7 +148,8 @@ class TransformerLayer(nn.Module):
                          scale=1.0, offset=offset)
         return y.astype(x.dtype)
 
-    def __call__(self, x: mx.array, cache: KVCache | None = None) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None = None,
+                 cross_kv: tuple[mx.array, mx.array] | None = None) -> mx.array:
         attn = self.self_attn
         q, k, v = attn.qkv(self.norm1(x))
         offset = 0 if cache is None else cache.offset
@@ -112,16 +158,21 @@ class TransformerLayer(nn.Module):
             mask = window_mask(x.shape[1], self.context)
         else:
             k, v, mask = cache.update(k, v)
-        return self._finish(x, q, k, v, mask)
+        return self._finish(x, q, k, v, mask, cross_kv)
 
-    def _finish(self, x: mx.array, q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
+    def _finish(self, x: mx.array, q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None,
+                cross_kv: tuple[mx.array, mx.array] | None = None) -> mx.array:
         attn = self.self_attn
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=attn.scale, mask=mask)
         x = x + attn.output(out)
+        if "cross_attention" in self:
+            if cross_kv is None:
+                raise ValueError("this model cross-attends to its conditions: pass their keys and values")
+            x = x + self.cross_attention(self.norm_cross(x), *cross_kv)
         return x + self.gating(self.norm2(x))
 
-    def step(self, x: mx.array, keys: mx.array, values: mx.array, offset: mx.array, visible: int
-             ) -> tuple[mx.array, mx.array, mx.array]:
+    def step(self, x: mx.array, keys: mx.array, values: mx.array, offset: mx.array, visible: int,
+             cross_kv: tuple[mx.array, mx.array] | None = None) -> tuple[mx.array, mx.array, mx.array]:
         """One position `[B, 1, D]` against a ring cache, as a pure function (compilable: no host values).
 
         Args:
@@ -140,28 +191,36 @@ class TransformerLayer(nn.Module):
         values = mx.slice_update(values, v, slot, axes=(2,))
         # Slots past `offset` are unwritten until the ring first fills; later every slot is in the window.
         mask = mx.arange(visible) <= offset
-        return self._finish(x, q, keys[:, :, :visible], values[:, :, :visible], mask), keys, values
+        return self._finish(x, q, keys[:, :, :visible], values[:, :, :visible], mask, cross_kv), keys, values
 
 
 class Transformer(nn.Module):
     """The temporal transformer: `num_layers` layers over the sum of the stream embeddings."""
 
-    def __init__(self, dim: int, num_heads: int, num_layers: int, hidden: int, max_period: float, context: int):
+    def __init__(self, dim: int, num_heads: int, num_layers: int, hidden: int, max_period: float, context: int,
+                 cross_attention: bool = False):
         super().__init__()
-        self.layers = [TransformerLayer(dim, num_heads, hidden, max_period, context) for _ in range(num_layers)]
+        self.layers = [TransformerLayer(dim, num_heads, hidden, max_period, context, cross_attention)
+                       for _ in range(num_layers)]
 
-    def __call__(self, x: mx.array, cache: list[KVCache] | None = None) -> mx.array:
+    def cross_kv(self, source: mx.array) -> list[tuple[mx.array, mx.array]]:
+        """Every layer's cross-attention keys and values of a source `[B, S, D]` (computed once per source)."""
+        return [layer.cross_attention.kv(source) for layer in self.layers]
+
+    def __call__(self, x: mx.array, cache: list[KVCache] | None = None,
+                 cross_kv: list[tuple[mx.array, mx.array]] | None = None) -> mx.array:
         """Runs `[B, T, D]` through every layer; with `cache`, the T positions follow the cached ones."""
         for i, layer in enumerate(self.layers):
-            x = layer(x, None if cache is None else cache[i])
+            x = layer(x, None if cache is None else cache[i], None if cross_kv is None else cross_kv[i])
         return x
 
-    def step(self, x: mx.array, keys: list[mx.array], values: list[mx.array], offset: mx.array, visible: int
+    def step(self, x: mx.array, keys: list[mx.array], values: list[mx.array], offset: mx.array, visible: int,
+             cross_kv: list[tuple[mx.array, mx.array]] | None = None
              ) -> tuple[mx.array, list[mx.array], list[mx.array]]:
         """One position through every layer against ring caches (see `TransformerLayer.step`)."""
         new_keys, new_values = [], []
-        for layer, k, v in zip(self.layers, keys, values):
-            x, k, v = layer.step(x, k, v, offset, visible)
+        for i, (layer, k, v) in enumerate(zip(self.layers, keys, values)):
+            x, k, v = layer.step(x, k, v, offset, visible, None if cross_kv is None else cross_kv[i])
             new_keys.append(k)
             new_values.append(v)
         return x, new_keys, new_values

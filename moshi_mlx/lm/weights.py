@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten
 
 from ..constants import LM_FILES
 from .config import LmConfig
-from .model import Lm
+from .model import Lm, input_vocab_sizes
 
 CONFIG_FILE = "config.json"
 _MLX, _TORCH = "mlx", "pytorch"
@@ -104,6 +104,8 @@ def _sanitize_torch(weights: dict[str, mx.array], cfg: LmConfig) -> dict[str, mx
     _fuse_split_projections(w)
     out: dict[str, mx.array] = {}
     out["text_emb.weight"] = _take(w, "text_emb.weight")
+    for key in [k for k in w if k.startswith(("text_emb.", "condition_provider."))]:
+        out[key] = w.pop(key)  # the demux projections, the conditioners: same names in both layouts
     out["text_linear.weight"] = _take(w, "text_linear.weight")
     out["out_norm.weight"] = _take(w, "out_norm.alpha").reshape(-1)
     for i in range(cfg.n_q):
@@ -130,8 +132,11 @@ def _sanitize_torch(weights: dict[str, mx.array], cfg: LmConfig) -> dict[str, mx
         p = f"depformer.slices.{k}"
         out[f"{p}.linear_in.weight"] = pop_once(f"depformer_in.{cfg.depformer_in_index(k)}.weight")
         out[f"{p}.linear_out.weight"] = pop_once(f"linears.{k}.weight")
-        emb_key = "depformer_text_emb.weight" if k == 0 else f"depformer_emb.{k - 1}.weight"
-        out[f"{p}.emb.weight"] = pop_once(emb_key)
+        emb = "depformer_text_emb" if k == 0 else f"depformer_emb.{k - 1}"
+        out[f"{p}.emb.weight"] = pop_once(f"{emb}.weight")
+        for part in ("low_rank", "out1", "out2"):  # low-rank and demultiplexed tables (Kyutai's TTS)
+            if f"{emb}.{part}.weight" in w or f"{emb}.{part}.weight" in popped:
+                out[f"{p}.emb.{part}.weight"] = pop_once(f"{emb}.{part}.weight")
         for layer in range(cfg.depformer_num_layers):
             src, dst = f"depformer.layers.{layer}", f"{p}.transformer.layers.{layer}"
             out[f"{dst}.norm1.weight"] = pop_once(f"{src}.norm1.alpha").reshape(-1)
@@ -172,10 +177,11 @@ def sanitize(weights: dict[str, mx.array], config: LmConfig) -> dict[str, mx.arr
     layout = detect_layout(weights)
     _check_extra_heads(weights, config)
     out = _sanitize_torch(weights, config) if layout == _TORCH else dict(weights)
-    tables = ["text_emb"] + [f"audio_embs.{i}" for i in range(config.n_q)]
+    tables = _stacked_tables(config)
     if any(f"{t}.weight" not in out for t in tables):
         raise WeightsError(f"missing input embeddings: expected {', '.join(tables[:2])}, ... ({len(tables)} tables)")
     _stack(out, tables, "emb")
+    _rename_tables(out, _composite_tables(config), to_table=True)
     projections = [f"depformer.slices.{k}.linear_in" for k in range(config.dep_q)]
     if config.has_depformer and any(f"{p}.weight" not in out for p in projections):
         raise WeightsError(f"missing depformer input projections (expected {config.dep_q}, e.g. {projections[0]})")
@@ -184,9 +190,33 @@ def sanitize(weights: dict[str, mx.array], config: LmConfig) -> dict[str, mx.arr
     elif any(k.startswith(("depformer", "linears.")) for k in out):
         raise WeightsError("the weights hold a depth transformer but the config has dep_q=0")
     for key, value in out.items():
-        if _is_norm(key):
+        if _keeps_float32(key):
             out[key] = value.astype(mx.float32)
     return out
+
+
+def _stacked_tables(config: LmConfig) -> list[str]:
+    """Kyutai's names of the input tables stacked into `emb` (a demultiplexed text table stays apart)."""
+    text = [] if config.demux_second_stream else ["text_emb"]
+    return text + [f"audio_embs.{i}" for i in range(config.n_q)]
+
+
+def _composite_tables(config: LmConfig) -> list[str]:
+    """Embeddings whose table is a child `table` here and the module itself in Kyutai's names."""
+    names = ["text_emb"] if config.demux_second_stream else []
+    for k in range(config.dep_q):
+        if config.depformer_low_rank_embeddings is not None or (k == 0 and config.demux_second_stream):
+            names.append(f"depformer.slices.{k}.emb")
+    return names
+
+
+def _rename_tables(out: dict[str, mx.array], modules: list[str], to_table: bool) -> None:
+    for module in modules:
+        for suffix in (".weight", ".scales", ".biases"):
+            theirs, ours = f"{module}{suffix}", f"{module}.table{suffix}"
+            src, dst = (theirs, ours) if to_table else (ours, theirs)
+            if src in out:
+                out[dst] = out.pop(src)
 
 
 def _check_extra_heads(weights: dict[str, mx.array], config: LmConfig) -> None:
@@ -197,16 +227,19 @@ def _check_extra_heads(weights: dict[str, mx.array], config: LmConfig) -> None:
                            f"extra_heads_num_heads={config.extra_heads_num_heads}")
 
 
-def _is_norm(key: str) -> bool:
-    return key.endswith((".norm1.weight", ".norm2.weight")) or key == "out_norm.weight"
+def _keeps_float32(key: str) -> bool:
+    """RMSNorm weights (applied in float32) and the conditioners (Kyutai keeps them in float32)."""
+    return (key.endswith((".norm1.weight", ".norm2.weight")) or key == "out_norm.weight"
+            or key.startswith("condition_provider."))
 
 
 def to_kyutai_mlx(weights: dict[str, mx.array], config: LmConfig) -> dict[str, mx.array]:
     """Inverse of the stacking in `sanitize`: our parameters as Kyutai's MLX checkpoint names them."""
     out = dict(weights)
-    splits = {"emb": ["text_emb"] + [f"audio_embs.{i}" for i in range(config.n_q)],
+    _rename_tables(out, _composite_tables(config), to_table=False)
+    splits = {"emb": _stacked_tables(config),
               "depformer.linear_in": [f"depformer.slices.{k}.linear_in" for k in range(config.dep_q)]}
-    sizes = {"emb": [config.text_card + 1] + [config.card + 1] * config.n_q,
+    sizes = {"emb": input_vocab_sizes(config),
              "depformer.linear_in": [config.depformer_dim] * config.dep_q}
     for target, names in splits.items():
         for suffix in (".weight", ".scales", ".biases"):
@@ -301,7 +334,7 @@ def load_lm(path: str | Path, dtype: mx.Dtype | None = None,
                            "with these weights") from None
     if dtype is not None:
         # Packed (integer) tensors stay as they are; norms stay float32.
-        weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and not _is_norm(k) else v
+        weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and not _keeps_float32(k) else v
                    for k, v in weights.items()}
     model.load_weights(list(weights.items()), strict=True)
     model.eval()
