@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates reference checkpoints and goldens, deterministically (same bytes twice).
-#   bash tests/reference/regenerate.sh              # committed tiny fixtures (Mimi, LM, STT) -> tests/fixtures/
+#   bash tests/reference/regenerate.sh              # committed tiny fixtures (Mimi, LM, STT, TTS) -> tests/fixtures/
 #   bash tests/reference/regenerate.sh --full DIR   # published-size Mimi + mid-size LM -> DIR (not committed)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,7 +15,7 @@ else
   out=$here/../fixtures
   mimi=(tiny 5.12)
   lm=tiny
-  names=(mimi_tiny lm_tiny stt_tiny)  # stt_tiny reuses mimi_tiny's weights: after it
+  names=(mimi_tiny lm_tiny stt_tiny tts_tiny)  # stt_tiny and tts_tiny reuse mimi_tiny's weights: after it
 fi
 mkdir -p "$out"
 for name in "${names[@]}"; do
@@ -32,6 +32,9 @@ for name in "${names[@]}"; do
     stt_*)  # Kyutai's streaming STT (dep_q 0, 32 codebooks, extra heads), tiny
       "$REF/torch/bin/python" "$here/stt_torch.py" "$work" --mimi-dir "$out/mimi_tiny"
       "$REF/mlx/bin/python" "$here/stt_mlx.py" "$work" ;;
+    tts_*)  # Kyutai's streaming TTS (32 codebooks, cross-attention, conditioners, demuxed text), tiny
+      "$REF/torch/bin/python" "$here/tts_torch.py" "$work" --mimi-dir "$out/mimi_tiny"
+      "$REF/mlx/bin/python" "$here/tts_mlx.py" "$work" ;;
     e2e_*)  # the published-size Mimi feeding the mid-size LM (both card 2048)
       "$REF/torch/bin/python" "$here/torch_side.py" e2e "$work" --mimi-dir "$out/mimi_full" \
         --lm-dir "$out/lm_mid" ;;

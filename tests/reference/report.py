@@ -2,7 +2,8 @@
 
     python tests/reference/report.py [FIXTURES_DIR]
 Prints token agreement and logit differences: PyTorch fp32 vs bf16, PyTorch vs moshi_mlx, moshi_mlx bf16 vs
-q8/q4 (teacher-forced), Mimi codes PyTorch vs moshi_mlx (vs rustymimi where present), and the same for STT.
+q8/q4 (teacher-forced), Mimi codes PyTorch vs moshi_mlx (vs rustymimi where present), the same for STT, and
+the TTS runs (word steps, margins, moshi_mlx's TTS path against PyTorch's).
 """
 
 from __future__ import annotations
@@ -101,14 +102,43 @@ def stt_report(d: Path) -> None:
     print(f"  torch_fp32 smallest top-1 margin: {(srt[:, -1] - srt[:, -2]).min():.3f}")
 
 
+def tts_report(d: Path) -> None:
+    g = common.load_npz(d / "golden.npz")
+    cfg = json.loads((d / "config.json").read_text())
+    print(f"TTS {d.name}: context {cfg['context']}, greedy fp32 TTSModel runs")
+    for run in ("distilled", "real_cfg"):
+        if f"{run}.text" not in g:
+            continue
+        words = ", ".join(f"{w}@{s}" for w, s in zip(g[f"{run}.words"], g[f"{run}.word_steps"]))
+        sampled = g[f"{run}.sampled_text"]
+        srt = np.sort(g[f"{run}.text_logits"], axis=-1)
+        asrt = np.sort(g[f"{run}.audio_logits"], axis=-1)
+        print(f"  {run:<10} {len(sampled)} steps, end step {int(g[f'{run}.end_step'][0])}, "
+              f"{g[f'{run}.pcm'].shape[-1] / common.SAMPLE_RATE:.2f} s; new word sampled at "
+              f"{int((sampled == 0).sum())} steps; words {words}")
+        print(f"  {'':<10} smallest top-1 margins: text {(srt[:, -1] - srt[:, -2]).min():.3f}, "
+              f"audio (steps 16-23) {(asrt[..., -1] - asrt[..., -2]).min():.3f}")
+    if "mlx_distilled.text" in g:
+        t, m = g["distilled.text"], g["mlx_distilled.text"]
+        n = min(len(t), len(m))
+        a, b = g["distilled.frames"][16:, 1:], g["mlx_distilled.audio_frames"]
+        k = min(len(a), len(b))
+        diff = np.nonzero((a[:k] != b[:k]).any(1))[0]
+        frames = "never" if diff.size == 0 else f"frames[{int(diff[0]) + 16}]"
+        print(f"  moshi_mlx distilled vs PyTorch: fed text first divergence {first_divergence(t[:n], m[:n])}, "
+              f"audio frames first divergence {frames}, end step {int(g['mlx_distilled.end_step'][0])} "
+              f"vs {int(g['distilled.end_step'][0])} (moshi_mlx attends to context + 1 positions; identical "
+              "throughout with a context longer than the run)")
+
+
 def main() -> None:
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "fixtures"
     for d in sorted(root.iterdir()):
         if not (d / "golden.npz").exists():
             continue
         if (d / "config.json").exists():
-            stt = json.loads((d / "config.json").read_text()).get("model_type") == "stt"
-            (stt_report if stt else lm_report)(d)
+            kind = json.loads((d / "config.json").read_text()).get("model_type")
+            {"stt": stt_report, "tts": tts_report}.get(kind, lm_report)(d)
         elif (d / "mimi_config.json").exists():
             mimi_report(d)
 
