@@ -49,6 +49,43 @@ class LoadedModel:
                            model_name=self.files.source)
 
 
+    def speaker(self, voice: str | Path | None = None, cfg: float = 2.0, temp: float | None = None,
+                seed: int | None = None):
+        """Streaming text-to-speech on this model (see `moshi_mlx.tts.Speaker`).
+
+        Args:
+            voice: a voice name of `kyutai/tts-voices` or a local voice file (default: Kyutai's default voice),
+                for models that take one.
+            cfg: guidance strength. temp: sampling temperature (default 0.6). seed: sampling seed.
+
+        Raises:
+            LoadError: not a TTS model, no tokenizer, a bad voice or cfg value.
+        """
+        from .tts import NotATtsModel, Speaker, TtsSettings, VoiceError, load_voice
+        from .tts.speaker import DEFAULT_TEMP
+        from .tts.voice import DEFAULT_VOICE, VOICE_KEY, resolve_voice
+
+        try:
+            settings = TtsSettings.from_config(self.files.config_dict(), self.lm.config)
+        except NotATtsModel as e:
+            raise LoadError(f"{self.files.source}: {e}") from None
+        if self.tokenizer is None:
+            raise LoadError(f"{self.files.source}: the text tokenizer is missing; copy it from the model's hub repo")
+        conditioning = self.lm.config.conditioning
+        wants_voice = conditioning is not None and any(s.name == VOICE_KEY for s in conditioning.conditioners)
+        voices = []
+        try:
+            if wants_voice:
+                voices = [load_voice(resolve_voice(str(voice or DEFAULT_VOICE), settings.model_id),
+                                     settings.model_id)]
+            elif voice is not None:
+                raise VoiceError(f"{self.files.source} takes no voice; drop it")
+            return Speaker(self.lm, self.mimi, self.tokenizer, settings, voices, cfg=cfg,
+                           temp=DEFAULT_TEMP if temp is None else temp, seed=seed)
+        except (VoiceError, ValueError) as e:
+            raise LoadError(str(e)) from None
+
+
 def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=None,
          kind: str | None = None, need_tokenizer: bool = False) -> LoadedModel:
     """Loads a Moshi checkpoint, local or from the Hugging Face hub.
@@ -64,7 +101,8 @@ def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=No
             `"bf16"` / `"fp32"` name one.
         need_tokenizer: refuse a checkpoint without the text tokenizer, before any weight is read
             (else `tokenizer` is None and the model's words cannot be decoded).
-        kind: `"stt"` checks from config.json, before reading any weights, that the model is speech-to-text.
+        kind: `"stt"` / `"tts"` checks from config.json, before reading any weights, that the model is
+            speech-to-text / text-to-speech.
 
     Raises:
         LoadError: with one sentence saying what is wrong and what to do.
@@ -78,6 +116,8 @@ def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=No
         raise LoadError(str(e)) from None
     if kind == "stt":
         _check_stt(files)
+    elif kind == "tts":
+        _check_tts(files)
     if need_tokenizer and files.tokenizer is None:
         raise LoadError(_missing_tokenizer(files))
     if isinstance(dtype, str):
@@ -150,6 +190,19 @@ def _unreadable(path: Path, e: BaseException) -> str:
         return (f"{path}: a PyTorch pickle checkpoint, refused (unpickling can run arbitrary code); use the "
                 "model's .safetensors weights, or convert it: moshi-mlx-convert SRC --out DIR")
     return f"{path}: {_one_line(e)}"
+
+
+def _check_tts(files: CheckpointFiles) -> None:
+    """From config.json alone (cheap): a TTS model, or a one-line LoadError saying what it is instead."""
+    from .lm.config import LmConfig
+    from .tts import NotATtsModel, TtsSettings
+
+    try:
+        raw = files.config_dict()
+        cfg = LmConfig.from_dict(raw) if raw is not None else LmConfig.preset("moshi_7b")
+        TtsSettings.from_config(raw, cfg)
+    except (NotATtsModel, CheckpointError, ValueError) as e:
+        raise LoadError(f"{files.source} is not a text-to-speech model: {_one_line(e)}") from None
 
 
 def _one_line(e: BaseException) -> str:
