@@ -129,11 +129,12 @@ def run(a: argparse.Namespace) -> int:
                 offset_s += len(speech.pcm) / 24_000
                 if not a.quiet:
                     print(" ".join(w for w, _, _ in speech.words) or "(no words)", file=sys.stderr)
+            elapsed = time.perf_counter() - start  # generation only, not the playing that follows
             if player is not None:
                 player.drain(timeout=offset_s + 5.0)
     except KeyboardInterrupt:
+        elapsed = time.perf_counter() - start
         print("interrupted: writing what was said so far", file=sys.stderr)
-    elapsed = time.perf_counter() - start
     pcm = np.concatenate(pcm_parts) if pcm_parts else np.zeros(0, dtype=np.float32)
     write_outputs(a, pcm, runs)
     if not a.quiet:
