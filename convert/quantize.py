@@ -67,8 +67,15 @@ def check_group_size(mappings: list[Mapping], quant: Quantization) -> None:
                                f"{', '.join(str(g) for g in SUPPORTED_GROUP_SIZES)} that does")
 
 
+def stored_dtype(mapping: Mapping, dtype: mx.Dtype) -> mx.Dtype:
+    """The float dtype a tensor is written in: `dtype`, except the conditioners, which stay float32 (Kyutai
+    keeps them so, and the TTS's output changes if they are rounded to bf16)."""
+    return mx.float32 if mapping.target.startswith("condition_provider.") else dtype
+
+
 def output_specs(mapping: Mapping, dtype: mx.Dtype, quant: Quantization | None) -> list[OutputSpec]:
     """The tensors written for one mapping: the weight, plus its scales and biases when quantized."""
+    dtype = stored_dtype(mapping, dtype)
     float_name = _SAFETENSORS_NAME[dtype]
     if quant is None or not quantizes(mapping):
         return [OutputSpec(mapping.target, float_name, mapping.shape)]
@@ -91,6 +98,7 @@ def convert_tensor(raw: np.ndarray, mapping: Mapping, dtype: mx.Dtype,
         quant: Quantization, or None to keep floats.
     """
     source_dtype = mapping.source.dtype
+    dtype = stored_dtype(mapping, dtype)
     quantized = quant is not None and quantizes(mapping)
     if not quantized and _SAFETENSORS_NAME[dtype] == source_dtype:
         return [raw]  # same dtype: the bytes are the tensor, whatever the shape says

@@ -188,6 +188,11 @@ def test_cli_bad_inputs(tts_checkpoint, tiny_checkpoint, tmp_path):
     other = tmp_path / voice_file_name(model_id={"sig": "othermodel", "epoch": 1}).replace("/", "_")
     shutil.copy(voice, other)
     assert_refused(speak("hi", *base, "--voice", other), "a voice for model othermodel@1")
+    import mlx.core as mx
+
+    renamed = tmp_path / "renamed.safetensors"  # the right-looking name, another model's metadata
+    mx.save_safetensors(str(renamed), dict(mx.load(str(voice))), metadata={"sig": "othermodel", "epoch": "1"})
+    assert_refused(speak("hi", *base, "--voice", renamed), "othermodel@1 (its metadata)")
     assert_refused(speak("hi", "--model", tiny_checkpoint, "--out", tmp_path / "x.wav"),
                    "not a text-to-speech model")
     assert_refused(speak("hi", *base, "--voice", voice, "--cfg", "2.2"), "cfg must be one of")

@@ -176,7 +176,7 @@ def sanitize(weights: dict[str, mx.array], config: LmConfig) -> dict[str, mx.arr
     """
     layout = detect_layout(weights)
     _check_extra_heads(weights, config)
-    out = _sanitize_torch(weights, config) if layout == _TORCH else dict(weights)
+    out = _sanitize_torch(weights, config) if layout == _TORCH else _share_slices(dict(weights), config)
     tables = _stacked_tables(config)
     if any(f"{t}.weight" not in out for t in tables):
         raise WeightsError(f"missing input embeddings: expected {', '.join(tables[:2])}, ... ({len(tables)} tables)")
@@ -192,6 +192,21 @@ def sanitize(weights: dict[str, mx.array], config: LmConfig) -> dict[str, mx.arr
     for key, value in out.items():
         if _keeps_float32(key):
             out[key] = value.astype(mx.float32)
+    return out
+
+
+def _share_slices(out: dict[str, mx.array], config: LmConfig) -> dict[str, mx.array]:
+    """Kyutai's MLX layout stores a copy of the depformer's layers in every slice, also where a weight-sharing
+    schedule makes them equal (the TTS's 32 slices hold 11 sets): the slices of one set get one array, the
+    first slice's, and the copies are never read (arrays from `mx.load` are read when evaluated)."""
+    first_of_set: dict[int, int] = {}
+    for k in range(config.dep_q):
+        first = first_of_set.setdefault(config.depformer_weight_index(k), k)
+        for key in [x for x in out if x.startswith(f"depformer.slices.{k}.transformer.")]:
+            shared = ".norm1." in key or ".norm2." in key  # norms are shared by every slice
+            src = key.replace(f"depformer.slices.{k}.", f"depformer.slices.{0 if shared else first}.", 1)
+            if src != key and src in out and out[src].shape == out[key].shape:
+                out[key] = out[src]
     return out
 
 
@@ -333,9 +348,14 @@ def load_lm(path: str | Path, dtype: mx.Dtype | None = None,
         raise WeightsError(f"{weights_file.name} does not match {source}: {e}; use the config.json that came "
                            "with these weights") from None
     if dtype is not None:
-        # Packed (integer) tensors stay as they are; norms stay float32.
-        weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and not _keeps_float32(k) else v
-                   for k, v in weights.items()}
+        # Packed (integer) tensors stay as they are; norms stay float32. An array shared by several
+        # parameters (depformer slices of one weight set) is cast once and stays shared.
+        cast: dict[int, mx.array] = {}
+        for k, v in list(weights.items()):  # the list keeps every source array alive: ids stay unique
+            if mx.issubdtype(v.dtype, mx.floating) and not _keeps_float32(k):
+                if id(v) not in cast:
+                    cast[id(v)] = v.astype(dtype)
+                weights[k] = cast[id(v)]
     model.load_weights(list(weights.items()), strict=True)
     model.eval()
     mx.eval(model.parameters())

@@ -54,9 +54,15 @@ def load_voice(path: Path, model_id: dict | None = None) -> Voice:
         raise VoiceError(f"{path.name} is a voice for model {found.group(1)}@{found.group(2)}, this model is "
                          f"{want[1:-len('.safetensors')]}: use its own voices")
     try:
-        tensors = mx.load(str(path))
+        tensors, metadata = mx.load(str(path), return_metadata=True)
     except Exception as e:  # mlx raises several types for foreign files
         raise VoiceError(f"{path}: not a voice file ({type(e).__name__}: {e})") from None
+    # Kyutai's voice files also name their model in the metadata: a renamed file is caught here.
+    if model_id and "sig" in (metadata or {}) and "sig" in model_id and (
+            str(metadata["sig"]), str(metadata.get("epoch", ""))) != (str(model_id["sig"]),
+                                                                      str(model_id.get("epoch", ""))):
+        raise VoiceError(f"{path.name} is a voice for model {metadata['sig']}@{metadata.get('epoch', '?')} (its "
+                         f"metadata), this model is {model_id['sig']}@{model_id.get('epoch', '?')}: use its own voices")
     emb = tensors.get(VOICE_KEY) if isinstance(tensors, dict) else None
     if emb is None or emb.ndim != 3 or emb.shape[0] != 1:
         raise VoiceError(f"{path}: no {VOICE_KEY} tensor [1, dim, frames] in it")
