@@ -88,6 +88,7 @@ class Speaker:
         self.seed = seed
         self.last: Speech | None = None
         self._conditions = self._make_conditions()
+        self._step, self._depformer = self._compile()
 
     # ------------------------------------------------------------------------------------ public
 
@@ -134,13 +135,33 @@ class Speaker:
         mx.eval(condition_sum, cross_kv)
         return condition_sum, cross_kv
 
+    def _compile(self):
+        """The two halves of a step as compiled functions (the state machine runs on the host between them:
+        the depth transformer needs the fed text token)."""
+        lm, cfg, bonus = self.lm, self.lm.config, self.settings.padding_bonus
+        text_sampler = make_sampler(self.temp, TEXT_TOP_K, cfg.text_card)
+        audio_sampler = make_sampler(self.temp, AUDIO_TOP_K, cfg.card)
+        real_cfg = self.real_cfg
+
+        def step(tokens, keys, values, offset, key, condition_sum, cross_kv, visible):
+            h, text_logits, keys, values = lm.temporal_step(tokens, keys, values, offset, visible, condition_sum,
+                                                            cross_kv)
+            logits = text_logits[:1, -1].astype(mx.float32)  # the conditioned half decides the text
+            if bonus:
+                logits = logits + bonus * (mx.arange(logits.shape[-1]) == PAD)
+            key, text_key, audio_key = mx.random.split(key, 3)
+            return h, text_sampler(logits, text_key), keys, values, key, audio_key
+
+        def depformer(h, first, key):
+            return lm.forward_depformer(h, first, sampler=audio_sampler, key=key, cfg_coef=real_cfg)[0][0]
+
+        return mx.compile(step), mx.compile(depformer)
+
     def _run(self, entries: list[Entry]) -> Iterator[np.ndarray]:
         lm, cfg, s = self.lm, self.lm.config, self.settings
         rows = 2 if self.real_cfg is not None else 1
         seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little")
         key = mx.random.key(seed)
-        text_sampler = make_sampler(self.temp, TEXT_TOP_K, cfg.text_card)
-        audio_sampler = make_sampler(self.temp, AUDIO_TOP_K, cfg.card)
         cache = lm.make_cache(rows)
         keys, values = [c.keys for c in cache], [c.values for c in cache]
         condition_sum, cross_kv = self._conditions
@@ -156,25 +177,19 @@ class Speaker:
             if state.end_step is not None and step >= state.end_step + s.delay_steps + s.final_padding:
                 break
             tokens = self._inputs(step, fed, audio_steps, audio_delays, initial_audio, rows)
-            h, text_logits, keys, values = lm.temporal_step(
-                tokens, keys, values, mx.array(step, dtype=mx.int32), self._visible(step), condition_sum,
-                cross_kv)
-            logits = text_logits[:1, -1].astype(mx.float32)  # the conditioned half decides the text
-            if s.padding_bonus:
-                logits = logits + mx.zeros_like(logits).at[:, PAD].add(s.padding_bonus)
-            key, text_key, audio_key = mx.random.split(key, 3)
-            sampled = int(text_sampler(logits, text_key)[0].item())
-            token = self.machine.process(step, state, sampled)
+            h, text, keys, values, key, audio_key = self._step(
+                tokens, keys, values, mx.array(step, dtype=mx.int32), key, condition_sum, cross_kv,
+                self._visible(step))
+            token = self.machine.process(step, state, int(text[0].item()))  # the one host sync of a step
             fed.append(token)
             if step < s.delay_steps:
                 audio = mx.full((cfg.n_q,), ZERO_TOKEN, dtype=mx.int32)
             else:
-                first = mx.array([token] * rows, dtype=mx.int32)
-                audio, _ = lm.forward_depformer(h, first, sampler=audio_sampler, key=audio_key,
-                                                cfg_coef=self.real_cfg)
-                audio = audio[0]
-                forced = mx.array([step < d + s.delay_steps for d in audio_delays])
-                audio = mx.where(forced, ZERO_TOKEN, audio).astype(mx.int32)
+                audio = self._depformer(h, mx.array([token] * rows, dtype=mx.int32), audio_key)
+                if step < s.delay_steps + max_delay:
+                    forced = mx.array([step < d + s.delay_steps for d in audio_delays])
+                    audio = mx.where(forced, ZERO_TOKEN, audio)
+                audio = audio.astype(mx.int32)
             audio_steps.append(audio)
             frame = step - max_delay
             if frame >= s.delay_steps:
@@ -196,8 +211,9 @@ class Speaker:
         self.last = Speech(pcm, words, fed, codes, state.end_step, list(state.consumption_steps))
 
     def _visible(self, step: int) -> int:
+        # The attended prefix of the KV ring grows in buckets: one compiled graph per bucket.
         context = self.lm.config.context
-        return min(context, -(-(step + 1) // 64) * 64)
+        return min(context, -(-(step + 1) // 128) * 128)
 
     @staticmethod
     def _frame(audio_steps: list[mx.array], frame: int, delays: tuple[int, ...]) -> mx.array:
