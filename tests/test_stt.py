@@ -183,3 +183,16 @@ def test_heads_missing_from_the_weights_are_named(stt_checkpoint, tmp_path):
     mx.save_safetensors(str(folder / "model.safetensors"), {k: v for k, v in w.items() if "extra_heads" not in k})
     with pytest.raises(LoadError, match="0 extra heads, the config says extra_heads_num_heads=4"):
         load(folder)
+
+
+def test_batch_transcription_equals_one_at_a_time(stt_checkpoint):
+    import moshi_mlx
+
+    stt = moshi_mlx.load(stt_checkpoint, dtype="fp32").transcriber(seed=0)
+    rng = np.random.default_rng(5)
+    pcms = [(0.3 * rng.standard_normal(n)).astype(np.float32) for n in (20 * FRAME_SIZE, 33 * FRAME_SIZE + 7, 5)]
+    together = stt.transcribe_batch(pcms)
+    for pcm, t in zip(pcms, together):
+        alone = stt.transcribe(pcm)
+        assert t.tokens == alone.tokens and t.words == alone.words and t.audio_seconds == alone.audio_seconds
+        np.testing.assert_allclose(t.end_of_turn, alone.end_of_turn, atol=1e-5)

@@ -27,7 +27,7 @@ from ..constants import DEFAULT_TEXT_TOP_K, FRAME_SIZE, SAMPLE_RATE
 from ..lm.generate import Generator
 from ..text import TextDecoder
 from .settings import END_OF_TURN_HEAD, SttSettings
-from .words import TimedWord, WordAligner
+from .words import TimedWord, WordAligner, words_from_tokens
 
 ENCODE_CHUNK_FRAMES = 64
 """Frames encoded per batch call in `transcribe` (bounds memory; the codes do not depend on it)."""
@@ -155,6 +155,53 @@ class Transcriber:
                 if on_step is not None:
                     on_step(len(self.tokens), total)
         return self._transcript()
+
+    def transcribe_batch(self, pcms: list[np.ndarray]) -> list[Transcript]:
+        """Transcribes several recordings side by side, one batched LM step per frame for all of them.
+
+        Where the machine is bound by reading the weights (a CPU with a good BLAS, a GPU), B recordings cost
+        little more than one. Shorter recordings are followed by silence up to the longest; each transcript
+        is cut to its own length and equals `transcribe` of that recording alone (greedy decoding; up to
+        float rounding, which batched matrix products may order differently).
+        """
+        if not pcms:
+            return []
+        xs = [np.asarray(p, dtype=np.float32).reshape(-1) for p in pcms]
+        s, b = self.settings, len(xs)
+        frames = [-(-len(x) // FRAME_SIZE) for x in xs]
+        totals = [s.prefix_frames + f + s.flush_frames for f in frames]
+        total = max(totals)
+        streams = np.zeros((b, 1, total * FRAME_SIZE), dtype=np.float32)
+        start = s.prefix_frames * FRAME_SIZE
+        for i, x in enumerate(xs):
+            streams[i, 0, start:start + len(x)] = x
+        generator = Generator(self.lm, text_temp=self.temp, text_top_k=self.top_k, audio_temp=0.0,
+                              seed=self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little"),
+                              batch_size=b)
+        state = self.mimi.make_encode_state(b)
+        tokens, heads = [], []
+        n_q = self.lm.config.n_q
+        for first in range(0, total, ENCODE_CHUNK_FRAMES):
+            last = min(total, first + ENCODE_CHUNK_FRAMES)
+            codes = self.mimi.encode_frames(mx.array(streams[:, :, first * FRAME_SIZE:last * FRAME_SIZE]), state)
+            for t in range(last - first):
+                user = codes[:, :n_q, t].astype(mx.int32)
+                if self.has_end_of_turn:
+                    step_tokens, _, probs = generator.step_with_extra_heads(user)
+                    heads.append(probs[:, END_OF_TURN_HEAD, 0])
+                else:
+                    step_tokens, _ = generator.step(user)
+                tokens.append(step_tokens)
+        tokens = np.stack(tokens, axis=1)
+        eot = np.stack(heads, axis=1) if heads else None
+        out = []
+        for i in range(b):
+            row = [int(t) for t in tokens[i, :totals[i]]]
+            words = words_from_tokens(row, self.tokenizer, s.offset_seconds, s.pad_id, s.epad_id)
+            out.append(Transcript(" ".join(w.word for w in words), words, row,
+                                  None if eot is None else [float(p) for p in eot[i, :totals[i]]], self.model_name,
+                                  frames[i] * FRAME_SIZE / SAMPLE_RATE))
+        return out
 
     # ----------------------------------------------------------------- internals
 
