@@ -45,33 +45,9 @@ IMPLEMENTATIONS = ("ours", "moshi_mlx", "rustymimi")
 
 def write_random_checkpoint(path: Path, seed: int) -> None:
     """Published-size Mimi with random weights (unit-scale activations), in Kyutai's PyTorch layout."""
-    sys.path.insert(0, str(REPO))
-    import mlx.core as mx
-    from mlx.utils import tree_flatten, tree_unflatten
+    from moshi_mlx.demo import write_random_mimi
 
-    from moshi_mlx.mimi import Mimi, MimiConfig
-    from moshi_mlx.mimi.conv import StreamingConvTranspose1d
-    from moshi_mlx.mimi.weights import pytorch_state_dict
-
-    model = Mimi(MimiConfig.published())
-    transposed = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, StreamingConvTranspose1d)}
-    rng = np.random.default_rng(seed)
-    flat = []
-    for name, p in tree_flatten(model.parameters()):
-        if p.ndim == 1:  # as initialised in training: LayerScale 0.01, norms 1, biases 0
-            level = 0.01 if "layer_scale" in name else 1.0 if name.endswith(("norm1.weight", "norm2.weight")) else 0.0
-            value = np.full(p.shape, level)
-        else:  # fan-in scaling keeps activations near unit scale through the stack
-            if name in transposed:  # [C_in, K, C_out]: each output sums C_in inputs over K / stride steps
-                fan_in = 2 * p.shape[0]
-            elif p.ndim == 3:  # conv [C_out, K, C_in]
-                fan_in = p.shape[1] * p.shape[2]
-            else:  # linear [out, in], codebook [bins, dim], depthwise upsampler [K, C]
-                fan_in = 1 if "upsample" in name else p.shape[1]
-            value = rng.standard_normal(p.shape) / np.sqrt(fan_in)
-        flat.append((name, mx.array(value.astype(np.float32))))
-    model.update(tree_unflatten(flat))
-    mx.save_safetensors(str(path), pytorch_state_dict(model))
+    write_random_mimi(path, None, seed)
 
 
 # ------------------------------------------------------------------------------------------ workers

@@ -28,25 +28,28 @@ def parse_device(spec: str | None):
     return int(spec) if spec.strip().isdigit() else spec
 
 
-def pick_input(sd, spec: str | None) -> tuple[object, int, str]:
-    """`(device, rate, name)`: 24 kHz where the device takes it, else its own rate (resampled here)."""
+def pick_device(sd, spec: str | None, kind: str) -> tuple[object, int, str]:
+    """`(device, rate, name)` of a mono float32 `kind` ("input" or "output") device: 24 kHz where it takes
+    that, else its own rate (resampled here)."""
     device = parse_device(spec)
-    label = "the default microphone" if spec is None else f"--input-device {spec}"
+    what, flag = ("microphone", "--input-device") if kind == "input" else ("speaker", "--output-device")
+    label = f"the default {what}" if spec is None else f"{flag} {spec}"
     try:
-        info = sd.query_devices(device, kind="input")
+        info = sd.query_devices(device, kind=kind)
     except (ValueError, sd.PortAudioError) as e:
-        raise DeviceError(f"{label}: no such microphone ({e}); see --list-devices") from None
-    if info.get("max_input_channels", 0) < 1:
-        raise DeviceError(f"{label} ({info['name']}) has no input channels; see --list-devices")
+        raise DeviceError(f"{label}: no such {what} ({e}); see --list-devices") from None
+    if info.get(f"max_{kind}_channels", 0) < 1:
+        raise DeviceError(f"{label} ({info['name']}) has no {kind} channels; see --list-devices")
+    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
     rate = SAMPLE_RATE
     try:
-        sd.check_input_settings(device, channels=1, dtype="float32", samplerate=rate)
+        check(device, channels=1, dtype="float32", samplerate=rate)
     except (ValueError, sd.PortAudioError):
         rate = int(info["default_samplerate"])
         try:
-            sd.check_input_settings(device, channels=1, dtype="float32", samplerate=rate)
+            check(device, channels=1, dtype="float32", samplerate=rate)
         except (ValueError, sd.PortAudioError) as e:
-            raise DeviceError(f"{label} ({info['name']}) cannot record mono float audio ({e})") from None
+            raise DeviceError(f"{label} ({info['name']}) cannot take mono float audio ({e})") from None
     return device, rate, info["name"]
 
 
@@ -55,7 +58,7 @@ class Microphone:
 
     Args:
         sd: the sounddevice module.
-        device, rate: from `pick_input`.
+        device, rate: from `pick_device(sd, spec, "input")`.
         on_audio: called with every block of device-rate samples as it is read (on the reader's thread;
             e.g. a recorder), or None.
     """

@@ -12,7 +12,7 @@ from moshi_mlx.audio.resample import Resampler
 from moshi_mlx.audio.ring import SampleRing
 from moshi_mlx.constants import SAMPLE_RATE
 
-from .mic import DeviceError, parse_device
+from .mic import DeviceError, pick_device
 
 BUFFER_SECONDS = 600.0
 """Speech held ahead of the speaker: a fast machine generates far ahead of real time."""
@@ -26,18 +26,8 @@ class Player:
     """
 
     def __init__(self, sd, spec: str | None):
-        device = parse_device(spec)
-        label = "the default speaker" if spec is None else f"--output-device {spec}"
-        try:
-            info = sd.query_devices(device, kind="output")
-        except (ValueError, sd.PortAudioError) as e:
-            raise DeviceError(f"{label}: no such speaker ({e}); see --list-devices") from None
-        rate = SAMPLE_RATE
-        try:
-            sd.check_output_settings(device, channels=1, dtype="float32", samplerate=rate)
-        except (ValueError, sd.PortAudioError):
-            rate = int(info["default_samplerate"])
-        self.name, self.rate = info["name"], rate
+        device, rate, self.name = pick_device(sd, spec, "output")
+        self.rate = rate
         self.ring = SampleRing(int(rate * BUFFER_SECONDS))
         self._resampler = Resampler(SAMPLE_RATE, rate) if rate != SAMPLE_RATE else None
         self.first_sound_at: float | None = None
@@ -47,7 +37,7 @@ class Player:
             self.stream = sd.OutputStream(samplerate=rate, device=device, channels=1, dtype="float32",
                                           blocksize=rate // 50, callback=self._callback)
         except (ValueError, sd.PortAudioError) as e:
-            raise DeviceError(f"{label} ({info['name']}): cannot play ({e})") from None
+            raise DeviceError(f"{self.name}: cannot play ({e}); see --list-devices") from None
 
     def _callback(self, outdata, frames, time_info, status) -> None:
         out = outdata[:, 0]

@@ -159,11 +159,11 @@ def _transcribe_with_progress(stt, pcm):
 
 
 def run_mic(a: argparse.Namespace) -> int:
-    from .mic import DeviceError, Microphone, pick_input
+    from .mic import DeviceError, Microphone, pick_device
 
     sd = import_sounddevice()
     try:
-        device, rate, name = pick_input(sd, a.input_device)
+        device, rate, name = pick_device(sd, a.input_device, "input")
     except DeviceError as e:
         fail(str(e), EXIT_DEVICE)
     recorder = None

@@ -114,10 +114,8 @@ def load(model: str | Path = DEFAULT_REPO, revision: str | None = None, dtype=No
         files = resolve(model, revision)
     except CheckpointError as e:
         raise LoadError(str(e)) from None
-    if kind == "stt":
-        _check_stt(files)
-    elif kind == "tts":
-        _check_tts(files)
+    if kind is not None:
+        _check_kind(files, kind)
     if need_tokenizer and files.tokenizer is None:
         raise LoadError(_missing_tokenizer(files))
     if isinstance(dtype, str):
@@ -161,17 +159,25 @@ def _named_dtype(name: str, lm_file: Path):
     return None if chosen is None else {"bf16": mx.bfloat16, "fp32": mx.float32}[chosen]
 
 
-def _check_stt(files: CheckpointFiles) -> None:
-    """From config.json alone (cheap): an STT model, or a one-line LoadError saying what it is instead."""
+def _check_kind(files: CheckpointFiles, kind: str) -> None:
+    """From config.json alone (cheap): a model of `kind` ("stt", "tts"), or a one-line LoadError saying
+    what it is instead."""
     from .lm.config import LmConfig
-    from .stt import NotAnSttModel, SttSettings
 
+    if kind == "stt":
+        from .stt import NotAnSttModel as wrong_kind, SttSettings as settings
+        what = "speech-to-text"
+    elif kind == "tts":
+        from .tts import NotATtsModel as wrong_kind, TtsSettings as settings
+        what = "text-to-speech"
+    else:
+        raise ValueError(f"unknown model kind {kind!r}: use 'stt' or 'tts'")
     try:
         raw = files.config_dict()
         cfg = LmConfig.from_dict(raw) if raw is not None else LmConfig.preset("moshi_7b")
-        SttSettings.from_config(raw, cfg)
-    except (NotAnSttModel, CheckpointError, ValueError) as e:
-        raise LoadError(f"{files.source} is not a speech-to-text model: {_one_line(e)}") from None
+        settings.from_config(raw, cfg)
+    except (wrong_kind, CheckpointError, ValueError) as e:
+        raise LoadError(f"{files.source} is not a {what} model: {_one_line(e)}") from None
 
 
 def _missing_tokenizer(files: CheckpointFiles) -> str:
@@ -190,19 +196,6 @@ def _unreadable(path: Path, e: BaseException) -> str:
         return (f"{path}: a PyTorch pickle checkpoint, refused (unpickling can run arbitrary code); use the "
                 "model's .safetensors weights, or convert it: moshi-mlx-convert SRC --out DIR")
     return f"{path}: {_one_line(e)}"
-
-
-def _check_tts(files: CheckpointFiles) -> None:
-    """From config.json alone (cheap): a TTS model, or a one-line LoadError saying what it is instead."""
-    from .lm.config import LmConfig
-    from .tts import NotATtsModel, TtsSettings
-
-    try:
-        raw = files.config_dict()
-        cfg = LmConfig.from_dict(raw) if raw is not None else LmConfig.preset("moshi_7b")
-        TtsSettings.from_config(raw, cfg)
-    except (NotATtsModel, CheckpointError, ValueError) as e:
-        raise LoadError(f"{files.source} is not a text-to-speech model: {_one_line(e)}") from None
 
 
 def _one_line(e: BaseException) -> str:

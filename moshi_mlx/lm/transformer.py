@@ -84,20 +84,12 @@ class Attention(nn.Module):
         return self.out_proj(merged)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(Attention):
     """Attention from the sequence to a fixed source (Kyutai's TTS: the speaker embeddings): no RoPE, no mask.
 
-    One fused `in_proj` `[3 * D, D]`: its first D rows project the queries, the other 2D the source into
-    keys and values, which are computed once per source (`kv`) and reused at every step.
+    The same fused `in_proj` `[3 * D, D]` as self-attention: its first D rows project the queries, the other
+    2D the source into keys and values, which are computed once per source (`kv`) and reused at every step.
     """
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = 1.0 / math.sqrt(self.head_dim)
-        self.in_proj = nn.Linear(dim, 3 * dim, bias=False)
-        self.out_proj = nn.Linear(dim, dim, bias=False)
 
     def _rows(self, start: int, stop: int) -> mx.array:
         if isinstance(self.in_proj, nn.QuantizedLinear):
