@@ -5,6 +5,7 @@
     moshi-mlx-bench offline [--model DIR] [--seconds N]                     (app/bench_offline.py)
     moshi-mlx-bench engine [--model DIR] [--frames N] [--realtime]          (app/bench_engine.py)
     moshi-mlx-bench stt [--model DIR | --size 1b|mid] [--seconds N]        (app/bench_stt.py)
+    moshi-mlx-bench tts [--model DIR | --size 1.6b|mid] [--text SCRIPT]    (app/bench_tts.py)
 
 Every one takes `--blas bundled|openblas` (Linux: the BLAS of every worker, both sides alike; app/blas.py).
 
@@ -19,7 +20,7 @@ import sys
 from .cli_parser import EXIT_OK, EXIT_USAGE
 
 
-COMMANDS = ("lm", "mimi", "offline", "engine", "stt")
+COMMANDS = ("lm", "mimi", "offline", "engine", "stt", "tts")
 PROG = "moshi-mlx-bench"
 
 
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_engine import main as run
     elif what == "stt":
         from .bench_stt import main as run
+    elif what == "tts":
+        from .bench_tts import main as run
     else:
         from .bench_offline import main as run
     return run(rest)

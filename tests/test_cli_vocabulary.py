@@ -18,7 +18,7 @@ SCRIPTS = Path(sys.executable).parent
 TOOLS = [("moshi-mlx-chat", []), ("moshi-mlx-offline", []), ("moshi-mlx-convert", []),
          ("moshi-mlx-transcribe", []), ("moshi-mlx-speak", []), ("moshi-mlx-bench", []), ("moshi-mlx-bench", ["lm"]),
          ("moshi-mlx-bench", ["mimi"]), ("moshi-mlx-bench", ["offline"]), ("moshi-mlx-bench", ["engine"]),
-         ("moshi-mlx-bench", ["stt"])]
+         ("moshi-mlx-bench", ["stt"]), ("moshi-mlx-bench", ["tts"])]
 IDS = [" ".join([t, *a]) for t, a in TOOLS]
 
 
@@ -61,16 +61,18 @@ def parser_of(main, argv, monkeypatch, parse: bool = False):
 
 
 def mains():
-    from app import bench_engine, bench_lm, bench_mimi, bench_offline, bench_stt, chat, offline, speak, transcribe
+    from app import (bench_engine, bench_lm, bench_mimi, bench_offline, bench_stt, bench_tts, chat, offline, speak,
+                     transcribe)
     from convert import __main__ as convert
 
     return {"chat": chat.main, "offline": offline.main, "convert": convert.main, "bench lm": bench_lm.main,
             "bench mimi": bench_mimi.main, "bench offline": bench_offline.main, "bench engine": bench_engine.main,
-            "bench stt": bench_stt.main, "transcribe": transcribe.main, "speak": speak.main}
+            "bench stt": bench_stt.main, "bench tts": bench_tts.main, "transcribe": transcribe.main,
+            "speak": speak.main}
 
 
 @pytest.mark.parametrize("name", ["chat", "offline", "convert", "bench lm", "bench mimi", "bench offline",
-                                  "bench engine", "bench stt", "transcribe", "speak"])
+                                  "bench engine", "bench stt", "bench tts", "transcribe", "speak"])
 def test_every_flag_with_a_default_shows_it(name, monkeypatch):
     p = parser_of(mains()[name], [], monkeypatch).parser
     assert isinstance(p, CliParser)
