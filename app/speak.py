@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-file", type=Path, default=None, metavar="FILE", help="read the text from FILE")
     p.add_argument("--model", default=DEFAULT_TTS_REPO, help="hub repo id or local folder of a Kyutai TTS model")
     p.add_argument("--revision", default=None, help="hub branch, tag or commit")
+    p.add_argument("--demo", action="store_true",
+                   help="try the program without downloading weights: a tiny random TTS model and voice are built on "
+                   "the spot (its speech is noise)")
     p.add_argument("--voice", default=None,
                    help="a voice of kyutai/tts-voices (e.g. expresso/ex03-ex01_happy_001_channel1_334s.wav, "
                    "the default) or a local voice .safetensors made for this model")
@@ -63,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         return a
     if (a.text is None) == (a.text_file is None):
         p.error("give the text, - for standard input, or --text-file FILE (one of them)")
+    if a.demo and (a.model != DEFAULT_TTS_REPO or a.voice is not None):
+        p.error("--demo builds its own model and voice; drop --model and --voice")
     if a.out is None and not a.play:
         a.out = Path("speech.wav")
     if a.output_device is not None and not a.play:
@@ -108,6 +113,28 @@ def run(a: argparse.Namespace) -> int:
             player = Player(import_sounddevice(), a.output_device)
         except DeviceError as e:
             fail(str(e), EXIT_DEVICE)
+    if a.demo:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="moshi-mlx-demo-") as folder:
+            a.model, a.voice = build_demo(Path(folder), a.quiet)
+            return _speak(a, lines, player)
+    return _speak(a, lines, player)
+
+
+def build_demo(folder: Path, quiet: bool) -> tuple[str, str]:
+    """--demo: a tiny random TTS checkpoint and voice in `folder`, clearly labelled; returns (model, voice)."""
+    from moshi_mlx.demo_speech import build_tts_checkpoint, voice_file_name
+
+    start = time.perf_counter()
+    build_tts_checkpoint(folder)
+    if not quiet:
+        print(f"demo: a tiny random TTS model built in {time.perf_counter() - start:.1f} s; its speech is NOISE: "
+              "it shows the program works, not what the real model sounds like", file=sys.stderr)
+    return str(folder), str(folder / voice_file_name())
+
+
+def _speak(a: argparse.Namespace, lines, player) -> int:
     speaker = load_speaker(a)
     if lines is None:
         lines = read_lines(a)

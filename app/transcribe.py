@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = make_parser("moshi-mlx-transcribe", __doc__)
     p.add_argument("input", type=Path, nargs="?", help="WAV file to transcribe (any common rate and channels)")
     p.add_argument("--mic", action="store_true", help="transcribe the microphone live instead of a file")
+    p.add_argument("--demo", action="store_true",
+                   help="try the program without downloading weights: a tiny random STT model is built on the spot "
+                   "(its transcript is gibberish); without INPUT or --mic, a synthetic 2 s input is used")
     p.add_argument("--model", default=DEFAULT_STT_REPO,
                    help="hub repo id or local folder of a Kyutai STT model; the default has the end-of-turn "
                    "heads, kyutai/stt-1b-en_fr-mlx (MLX layout) and kyutai/stt-2.6b-en-mlx have none")
@@ -61,8 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.list_devices:
         return a
-    if a.mic == (a.input is not None):
-        p.error("give either an input WAV or --mic")
+    if a.mic and a.input is not None or not (a.mic or a.input is not None or a.demo):
+        p.error("give either an input WAV or --mic (or --demo)")
+    if a.demo and a.model != DEFAULT_STT_REPO:
+        p.error("--demo builds its own model; drop --model")
     if a.record is not None and not a.mic:
         p.error("--record saves the microphone: use it with --mic")
     if a.input_device is not None and not a.mic:
@@ -77,11 +82,31 @@ def run(a: argparse.Namespace) -> int:
         check_output_files({"--json": a.json, "--srt": a.srt}, [a.input] if a.input else [], a.force)
     except OutputPathError as e:
         fail(str(e))
-    if a.mic:
-        return run_mic(a)
-    from .offline import read_input
+    if a.demo:
+        import tempfile
 
-    pcm = read_input(a.input)
+        with tempfile.TemporaryDirectory(prefix="moshi-mlx-demo-") as folder:
+            a.model = build_demo(Path(folder), a.quiet)
+            return run_mic(a) if a.mic else run_file(a)
+    return run_mic(a) if a.mic else run_file(a)
+
+
+def build_demo(folder: Path, quiet: bool) -> str:
+    """--demo: a tiny random STT checkpoint in `folder`, clearly labelled; returns it as the --model value."""
+    from moshi_mlx.demo_speech import build_stt_checkpoint
+
+    start = time.perf_counter()
+    build_stt_checkpoint(folder)
+    if not quiet:
+        print(f"demo: a tiny random STT model built in {time.perf_counter() - start:.1f} s; its words are "
+              "GIBBERISH: it shows the program works, not what the real model hears", file=sys.stderr)
+    return str(folder)
+
+
+def run_file(a: argparse.Namespace) -> int:
+    from .offline import demo_input, read_input
+
+    pcm = read_input(a.input) if a.input is not None else demo_input()
     if len(pcm) == 0:
         fail(f"{a.input}: the file holds no audio")
     stt = load_transcriber(a)

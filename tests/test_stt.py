@@ -25,7 +25,7 @@ def tokenizer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stt_checkpoint(tmp_path_factory):
-    from stt_model import build_tiny_stt_checkpoint
+    from moshi_mlx.demo_speech import build_stt_checkpoint as build_tiny_stt_checkpoint
 
     return build_tiny_stt_checkpoint(tmp_path_factory.mktemp("stt"))
 
@@ -89,7 +89,7 @@ def test_live_words_match_the_final_ones(tokenizer):
 
 def test_settings_from_the_published_config():
     from moshi_mlx.lm import LmConfig
-    from stt_model import stt_config
+    from moshi_mlx.demo_speech import stt_config
 
     raw = stt_config()
     s = SttSettings.from_config(raw, LmConfig.from_dict(raw))
@@ -101,7 +101,7 @@ def test_settings_from_the_published_config():
 def test_settings_refuse_what_is_not_stt():
     from moshi_mlx.lm import LmConfig
     from moshi_mlx.stt import NotAnSttModel
-    from stt_model import stt_config
+    from moshi_mlx.demo_speech import stt_config
 
     with pytest.raises(NotAnSttModel, match="dep_q=8"):
         SttSettings.from_config({}, LmConfig())
@@ -139,7 +139,7 @@ def test_transcribe_equals_streaming_frame_by_frame(stt_checkpoint):
 
 def test_model_without_heads_has_no_end_of_turn(tmp_path):
     import moshi_mlx
-    from stt_model import build_tiny_stt_checkpoint
+    from moshi_mlx.demo_speech import build_stt_checkpoint as build_tiny_stt_checkpoint
 
     stt = moshi_mlx.load(build_tiny_stt_checkpoint(tmp_path / "m", heads=False)).transcriber(seed=0)
     t = stt.transcribe(np.zeros(FRAME_SIZE * 3, dtype=np.float32))

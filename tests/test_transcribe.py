@@ -22,7 +22,7 @@ SCRIPT = Path(sys.executable).parent / "moshi-mlx-transcribe"
 
 @pytest.fixture(scope="module")
 def stt_checkpoint(tmp_path_factory):
-    from stt_model import build_tiny_stt_checkpoint
+    from moshi_mlx.demo_speech import build_stt_checkpoint as build_tiny_stt_checkpoint
 
     return build_tiny_stt_checkpoint(tmp_path_factory.mktemp("stt"))
 
@@ -124,3 +124,11 @@ def test_mic_mode_on_the_virtual_card(virtual_card, stt_checkpoint, speech, tmp_
     assert len(silent.tokens) == len(data["tokens"])
     start = 13 + lag // FRAME_SIZE + 1
     assert data["tokens"][start:start + 30] != silent.tokens[start:start + 30]
+
+
+def test_demo_runs_without_weights(tmp_path):
+    out = tmp_path / "demo.json"
+    p = transcribe("--demo", "--json", out)
+    assert p.returncode == 0, p.stderr
+    assert "GIBBERISH" in p.stderr and json.loads(out.read_text())["tokens"]
+    assert_refused(transcribe("--demo", "--model", "x"), "--demo builds its own model")

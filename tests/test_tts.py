@@ -89,13 +89,13 @@ def test_second_stream_carries_the_marker_and_the_lookahead():
 
 @pytest.fixture(scope="module")
 def tts_checkpoint(tmp_path_factory):
-    from tts_model import build_tiny_tts_checkpoint
+    from moshi_mlx.demo_speech import build_tts_checkpoint as build_tiny_tts_checkpoint
 
     return build_tiny_tts_checkpoint(tmp_path_factory.mktemp("tts"))
 
 
 def voice_path(folder: Path) -> Path:
-    from tts_model import voice_file_name
+    from moshi_mlx.demo_speech import voice_file_name
 
     return folder / voice_file_name()
 
@@ -126,7 +126,7 @@ def test_speak_streams_the_synthesized_speech(tts_checkpoint):
 def test_real_cfg_for_a_model_without_the_cfg_condition(tmp_path):
     import moshi_mlx
     from moshi_mlx.loading import LoadError
-    from tts_model import build_tiny_tts_checkpoint
+    from moshi_mlx.demo_speech import build_tts_checkpoint as build_tiny_tts_checkpoint
 
     folder = build_tiny_tts_checkpoint(tmp_path / "m", distilled=False)
     model = moshi_mlx.load(folder, kind="tts")
@@ -179,7 +179,7 @@ def test_cli_writes_wav_and_json(tts_checkpoint, tmp_path):
 
 
 def test_cli_bad_inputs(tts_checkpoint, tiny_checkpoint, tmp_path):
-    from tts_model import voice_file_name
+    from moshi_mlx.demo_speech import voice_file_name
 
     voice = voice_path(tts_checkpoint)
     base = ["--model", tts_checkpoint, "--out", tmp_path / "x.wav"]
@@ -215,3 +215,11 @@ def test_play_reaches_the_speaker(virtual_card, tts_checkpoint, tmp_path):
     speaker_side = bus.bus[:, 1]
     lag, corr = lag_and_corr(played[:24000, 0], speaker_side, max_lag=len(speaker_side) - 24000)
     assert corr > 0.99, (lag, corr)
+
+
+def test_demo_runs_without_weights(tmp_path):
+    from moshi_mlx.audio import read_wav
+
+    p = speak("--demo", "hello world", "--out", tmp_path / "d.wav")
+    assert p.returncode == 0, p.stderr
+    assert "NOISE" in p.stderr and len(read_wav(tmp_path / "d.wav")[0]) > 0

@@ -96,7 +96,7 @@ def test_quantized_conversions_load_with_no_flag(tmp_path, quant):
 
     import moshi_mlx
     from convert.pipeline import Options, run
-    from tts_model import build_tiny_tts_checkpoint, voice_file_name
+    from moshi_mlx.demo_speech import build_tts_checkpoint as build_tiny_tts_checkpoint, voice_file_name
 
     src = build_tiny_tts_checkpoint(tmp_path / "src")
     out = tmp_path / quant
