@@ -15,25 +15,23 @@ and each process's peak RSS.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 try:
     from . import blas
+    from .bench_sides import REPO, add_reference_args, run_sides
     from .cli_parser import make_parser
 except ImportError:  # run as a script (the workers, Kyutai's side too): no parent package; app/ is on sys.path
     import blas
+    from bench_sides import REPO, add_reference_args, run_sides
     from cli_parser import make_parser
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_REF_PYTHON = REPO / ".ref" / "mlx" / "bin" / "python"
 FRAME, RATE = 1920, 24000
 QUANT = {"model.q8.safetensors": (8, 64), "model.q4.safetensors": (4, 32)}
 
@@ -158,12 +156,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench-out", metavar="DIR", help="DIR: where the random checkpoints the benchmark generates are written once and reused")
     p.add_argument("--seconds", type=float, default=10.0, help="timed input length")
     p.add_argument("--warmup-seconds", type=float, default=1.0, help="untimed run first (compiles, allocates)")
-    p.add_argument("--reference-python", dest="ref_python", default=str(DEFAULT_REF_PYTHON), metavar="PY",
-                   help="interpreter with Kyutai's moshi_mlx (bash tests/reference/build_envs.sh)")
-    p.add_alias("--ref-python", dest="ref_python")
+    add_reference_args(p, only=False)
     p.add_argument("--json", type=Path, help="also write the rows to this file")
     blas.add_argument(p)
-    p.add_argument("--worker", choices=["ours", "kyutai"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         result = (run_ours if a.worker == "ours" else run_kyutai)(a.checkpoint, a.seconds, a.warmup_seconds)
@@ -173,20 +168,13 @@ def main(argv=None) -> int:
     if a.checkpoint is None:
         a.checkpoint = make_checkpoint(a.out, a.precision)
     a.checkpoint = a.checkpoint.resolve()  # Kyutai's side runs from /
-    rows = {}
     # Each side on its own MLX (ours needs >= 0.32: its pipeline evaluates from three threads). The CPU
     # kernels differ between versions (bf16 matvecs of 16k-32k rows: ~1.5x slower in 0.32.4 than 0.26.5);
     # `moshi-mlx-bench lm` has an ours@ref row that compares the LM step on one MLX.
-    for side, python in (("ours", sys.executable), ("kyutai", a.ref_python)):
-        cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--model", str(a.checkpoint),
-               "--seconds", str(a.seconds), "--warmup-seconds", str(a.warmup_seconds)]
-        # Kyutai's side runs from / so that this checkout's moshi_mlx cannot shadow theirs.
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd="/" if side == "kyutai" else REPO,
-                           env=env)
-        if r.returncode != 0:
-            print(f"{side} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
-            return 1
-        rows[side] = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = run_sides(__file__, a.ref_python, ["--model", str(a.checkpoint), "--seconds", str(a.seconds),
+                                              "--warmup-seconds", str(a.warmup_seconds)], env)
+    if rows is None:
+        return 1
     print(f"checkpoint {a.checkpoint}, {a.seconds:g} s of input after {a.warmup_seconds:g} s of warm-up; "
           f"{blas_header}")
     print(f"{'':8} {'wall s':>8} {'RTF':>7} {'peak RSS MB':>12}  mlx")

@@ -17,23 +17,21 @@ for ours, the RSS after each tenth of the run (flat = no growth with length).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 try:
     from . import blas
+    from .bench_sides import REPO, add_reference_args, run_sides
     from .cli_parser import make_parser
 except ImportError:  # run as a script (the workers, Kyutai's side too): no parent package; app/ is on sys.path
     import blas
+    from bench_sides import REPO, add_reference_args, run_sides
     from cli_parser import make_parser
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_REF_PYTHON = REPO / ".ref" / "mlx" / "bin" / "python"
 FRAME, RATE, FRAME_RATE = 1920, 24000, 12.5
 MIMI_NAME = "mimi-pytorch-e351c8d8@125.safetensors"
 TOKENIZER_NAME = "tokenizer_en_fr_audio_8000.model"
@@ -178,12 +176,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup-seconds", type=float, default=1.0, help="untimed run first (compiles, allocates)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
                    help="our LM compute dtype (as moshi-mlx-transcribe's); Kyutai's runs bf16")
-    p.add_argument("--only", choices=["ours", "kyutai"], default=None, help="run one side only")
-    p.add_argument("--reference-python", dest="ref_python", default=str(DEFAULT_REF_PYTHON), metavar="PY",
-                   help="interpreter with Kyutai's moshi_mlx (bash tests/reference/build_envs.sh)")
+    add_reference_args(p)
     p.add_argument("--json", type=Path, help="also write the rows to this file")
     blas.add_argument(p)
-    p.add_argument("--worker", choices=["ours", "kyutai"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         run = run_ours if a.worker == "ours" else run_kyutai
@@ -193,19 +188,11 @@ def main(argv=None) -> int:
     if a.checkpoint is None:
         a.checkpoint = make_checkpoint(a.out, a.size)
     a.checkpoint = a.checkpoint.resolve()
-    rows = {}
-    sides = [("ours", sys.executable), ("kyutai", a.ref_python)]
-    for side, python in sides:
-        if a.only not in (None, side):
-            continue
-        cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--model", str(a.checkpoint),
-               "--seconds", str(a.seconds), "--warmup-seconds", str(a.warmup_seconds), "--dtype", a.dtype]
-        # Kyutai's side runs from / so that this checkout's moshi_mlx cannot shadow theirs.
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd="/" if side == "kyutai" else REPO, env=env)
-        if r.returncode != 0:
-            print(f"{side} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
-            return 1
-        rows[side] = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = run_sides(__file__, a.ref_python, ["--model", str(a.checkpoint), "--seconds", str(a.seconds),
+                                              "--warmup-seconds", str(a.warmup_seconds), "--dtype", a.dtype],
+                     env, a.only)
+    if rows is None:
+        return 1
     print(f"checkpoint {a.checkpoint}, {a.seconds:g} s of input after {a.warmup_seconds:g} s of warm-up; "
           f"{blas_header}")
     print(f"{'':8} {'wall s':>8} {'RTF':>7} {'steps':>6} {'peak RSS MB':>12}  {'dtype':<18} mlx")

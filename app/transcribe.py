@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .cli_common import (EXIT_DEVICE, EXIT_INTERRUPTED, bounded_float, bounded_int, fail, load_model,
+from .cli_common import (EXIT_DEVICE, EXIT_INTERRUPTED, bounded_float, bounded_int, fail,
                          make_parser, MAX_SEED)
 from .outputs import OutputPathError, check_output_files, write_text_atomic
 from .subtitles import to_srt

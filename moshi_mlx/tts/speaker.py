@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
-from ..constants import FRAME_RATE, FRAME_SIZE, ZERO_TOKEN
+from ..constants import FRAME_RATE, ZERO_TOKEN
 from ..lm.sampling import make_sampler
 from .machine import PAD, StateMachine
 from .script import Entry, script_entries

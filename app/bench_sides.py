@@ -1,0 +1,46 @@
+"""What the side-by-side benchmarks share on the parent's side: run each side's worker in its own
+environment, and the reference-environment flags.
+
+Each benchmark file is also its own worker (`--worker ours|kyutai`), run as a script; Kyutai's side runs in
+Kyutai's environment from `/`, so that this checkout's `moshi_mlx` cannot shadow theirs. A worker prints
+one JSON row as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_REF_PYTHON = REPO / ".ref" / "mlx" / "bin" / "python"
+SIDES = ("ours", "kyutai")
+
+
+def add_reference_args(p, only: bool = True) -> None:
+    """`--reference-python` (`--ref-python` hidden), `--only` and the hidden `--worker`."""
+    p.add_argument("--reference-python", dest="ref_python", default=str(DEFAULT_REF_PYTHON), metavar="PY",
+                   help="interpreter with Kyutai's moshi_mlx (bash tests/reference/build_envs.sh)")
+    p.add_alias("--ref-python", dest="ref_python")
+    if only:
+        p.add_argument("--only", choices=SIDES, default=None, help="run one side only")
+    p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+
+
+def run_sides(script: str | Path, ref_python: str, worker_args: list[str], env: dict,
+              only: str | None = None) -> dict[str, dict] | None:
+    """`{side: row}` from `script --worker SIDE *worker_args` for each side (or `only` one); None, with the
+    failing side's stderr printed, when a worker fails."""
+    rows = {}
+    for side, python in (("ours", sys.executable), ("kyutai", ref_python)):
+        if only not in (None, side):
+            continue
+        cmd = [python, str(Path(script).resolve()), "--worker", side, *worker_args]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd="/" if side == "kyutai" else REPO, env=env)
+        if r.returncode != 0:
+            print(f"{side} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
+            return None
+        rows[side] = json.loads(r.stdout.strip().splitlines()[-1])
+    return rows
