@@ -24,21 +24,17 @@ from moshi_mlx.constants import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
 from .cli_common import (EXIT_DEVICE, EXIT_FAILURE, add_codec_device_arg, add_model_args, add_sampling_args,
                          bounded_float, bounded_int, build_demo_model, check_codec_device, compile_notice, fail, load_model,
                          make_engine, make_parser, sampling_from_args)
+from .sound_devices import import_sounddevice, list_devices, parse_device
 
 VOICES = {"moshiko": "kyutai/moshiko-mlx", "moshika": "kyutai/moshika-mlx"}
 # q4 (4.8 GB of weights) leaves room below ~24 GB of RAM; q8 (8.2 GB) sounds better where it fits.
 Q8_MIN_RAM_GB = 24
 
 
-def total_ram_gb() -> float:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return 0.0
-
-
 def default_model(voice: str) -> str:
-    bits = "q8" if total_ram_gb() >= Q8_MIN_RAM_GB else "q4"
+    from moshi_mlx.compute_dtype import total_ram_bytes
+
+    bits = "q8" if total_ram_bytes() / 2**30 >= Q8_MIN_RAM_GB else "q4"
     return f"{VOICES[voice]}-{bits}"
 
 
@@ -86,38 +82,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def _device(spec: str | None):
-    if spec is None:
-        return None
-    return int(spec) if spec.isdigit() else spec
-
-
-def import_sounddevice():
-    try:
-        import sounddevice as sd
-    except OSError as e:  # the PortAudio shared library is missing
-        fail(f"cannot use audio: {e} (on Linux: `sudo apt-get install libportaudio2`)", EXIT_DEVICE)
-    except Exception as e:  # noqa: BLE001 - PortAudio found no usable sound system (sd.PortAudioError)
-        fail(f"cannot use audio: {' '.join(str(e).split())}; is there a sound card (and a running sound server)?",
-             EXIT_DEVICE)
-    return sd
-
-
-def list_devices(sd) -> None:
-    """--list-devices: the table, or one line saying there is nothing to list."""
-    devices = sd.query_devices()
-    if len(devices) == 0:
-        fail("no sound devices found: plug in a microphone and speakers (or headphones), or check that the "
-             "sound server runs", EXIT_DEVICE)
-    print(devices)
-
-
 def query_device(sd, spec: str | None, kind: str):
     """The device info of --input-device / --output-device (None: the default one), or a one-line error
     naming the flag and the device that failed."""
     flag, what = ("--input-device", "microphone") if kind == "input" else ("--output-device", "speaker")
     try:
-        return sd.query_devices(_device(spec), kind=kind)
+        return sd.query_devices(parse_device(spec), kind=kind)
     except (ValueError, sd.PortAudioError) as e:
         reason = " ".join(str(e).split())
         if spec is None:
@@ -128,7 +98,7 @@ def query_device(sd, spec: str | None, kind: str):
 
 def open_stream_settings(sd, a):
     """Picks the device rate and block: 24 kHz / 1920 where the devices allow, else their native rate."""
-    devices = (_device(a.input_device), _device(a.output_device))
+    devices = (parse_device(a.input_device), parse_device(a.output_device))
     inp = query_device(sd, a.input_device, "input")
     out = query_device(sd, a.output_device, "output")
     rate = SAMPLE_RATE

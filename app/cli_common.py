@@ -109,40 +109,40 @@ def sampling_from_args(a: argparse.Namespace):
     return SamplingParams(text_temp, a.text_top_k, audio_temp, a.audio_top_k, a.seed)
 
 
-def dtype_from_args(a: argparse.Namespace):
-    if a.dtype is None:
-        return None
-    import mlx.core as mx
+def load_model(a: argparse.Namespace, quiet: bool = False, kind: str | None = None, use=None):
+    """moshi_mlx.load with the CLI's options (`--model`, `--revision`, `--dtype`); a failure is one line and
+    exit 2.
 
-    return {"bf16": mx.bfloat16, "fp32": mx.float32}[a.dtype]
-
-
-def load_model(a: argparse.Namespace, quiet: bool = False):
-    """moshi_mlx.load with the CLI's options; a failure is one line and exit 2.
-
-    The tokenizer is required: without it Moshi's words would silently be an empty transcript.
+    The tokenizer is required: without it the model's words would silently be an empty transcript.
+    `kind` ("stt", "tts") refuses another kind of model from its config.json before any weight is read;
+    `use` turns the loaded model into what the tool runs (a transcriber, a speaker), its refusals reported
+    the same way.
     """
     from moshi_mlx.loading import LoadError, load
 
     if not quiet:
         print(f"loading {a.model} ...", file=sys.stderr)
     try:
-        return load(a.model, revision=a.revision, dtype=dtype_from_args(a), need_tokenizer=True)
+        model = load(a.model, revision=a.revision, dtype=a.dtype, kind=kind, need_tokenizer=True)
+        return model if use is None else use(model)
     except LoadError as e:
         fail(str(e))
 
 
-def build_demo_model(folder, quiet: bool) -> str:
-    """--demo: a tiny random checkpoint in `folder`, clearly labelled; returns it as the --model value."""
+def build_demo_model(folder, quiet: bool, build=None, what: str = "model",
+                     caveat: str = "its voice is NOISE and its words gibberish: it shows the program works, not "
+                                   "what Moshi sounds like") -> str:
+    """--demo: a tiny random checkpoint in `folder` (`build(folder)`, default the Moshi demo), clearly
+    labelled; returns the folder as the --model value."""
     import time
 
-    from moshi_mlx.demo import build_demo_checkpoint
+    if build is None:
+        from moshi_mlx.demo import build_demo_checkpoint as build
 
     start = time.perf_counter()
-    build_demo_checkpoint(folder)
+    build(folder)
     if not quiet:
-        print(f"demo: a tiny random model built in {time.perf_counter() - start:.1f} s; its voice is NOISE and "
-              "its words gibberish: it shows the program works, not what Moshi sounds like", file=sys.stderr)
+        print(f"demo: a tiny random {what} built in {time.perf_counter() - start:.1f} s; {caveat}", file=sys.stderr)
     return str(folder)
 
 

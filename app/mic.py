@@ -13,44 +13,10 @@ from moshi_mlx.audio.resample import Resampler
 from moshi_mlx.audio.ring import SampleRing
 from moshi_mlx.constants import FRAME_SIZE, SAMPLE_RATE
 
+from .sound_devices import DeviceError
+
 BUFFER_SECONDS = 60.0
 """Audio held while the model is behind: a slow machine loses no words, it just shows them later."""
-
-
-class DeviceError(Exception):
-    """The microphone cannot be used; the message names it and says what to do."""
-
-
-def parse_device(spec: str | None):
-    """`--input-device` text to what PortAudio takes: an index, a name (substring), or None (default)."""
-    if spec is None:
-        return None
-    return int(spec) if spec.strip().isdigit() else spec
-
-
-def pick_device(sd, spec: str | None, kind: str) -> tuple[object, int, str]:
-    """`(device, rate, name)` of a mono float32 `kind` ("input" or "output") device: 24 kHz where it takes
-    that, else its own rate (resampled here)."""
-    device = parse_device(spec)
-    what, flag = ("microphone", "--input-device") if kind == "input" else ("speaker", "--output-device")
-    label = f"the default {what}" if spec is None else f"{flag} {spec}"
-    try:
-        info = sd.query_devices(device, kind=kind)
-    except (ValueError, sd.PortAudioError) as e:
-        raise DeviceError(f"{label}: no such {what} ({e}); see --list-devices") from None
-    if info.get(f"max_{kind}_channels", 0) < 1:
-        raise DeviceError(f"{label} ({info['name']}) has no {kind} channels; see --list-devices")
-    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
-    rate = SAMPLE_RATE
-    try:
-        check(device, channels=1, dtype="float32", samplerate=rate)
-    except (ValueError, sd.PortAudioError):
-        rate = int(info["default_samplerate"])
-        try:
-            check(device, channels=1, dtype="float32", samplerate=rate)
-        except (ValueError, sd.PortAudioError) as e:
-            raise DeviceError(f"{label} ({info['name']}) cannot take mono float audio ({e})") from None
-    return device, rate, info["name"]
 
 
 class Microphone:

@@ -12,7 +12,7 @@ from moshi_mlx.audio.resample import Resampler
 from moshi_mlx.audio.ring import SampleRing
 from moshi_mlx.constants import SAMPLE_RATE
 
-from .mic import DeviceError, pick_device
+from .sound_devices import DeviceError, pick_device
 
 BUFFER_SECONDS = 600.0
 """Speech held ahead of the speaker: a fast machine generates far ahead of real time."""

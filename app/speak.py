@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_common import (EXIT_DEVICE, EXIT_INTERRUPTED, MAX_SEED, bounded_float, bounded_int, fail,
-                         make_parser)
+from .cli_common import (EXIT_DEVICE, EXIT_INTERRUPTED, MAX_SEED, bounded_float, bounded_int, build_demo_model,
+                         fail, load_model, make_parser)
 from .outputs import OutputPathError, check_output_files, write_text_atomic
+from .sound_devices import DeviceError, import_sounddevice, list_devices
 
 DEFAULT_TTS_REPO = "kyutai/tts-1.6b-en_fr"
 MAX_TEXT_CHARS = 100_000
@@ -95,9 +96,8 @@ def read_lines(a: argparse.Namespace):
 
 def run(a: argparse.Namespace) -> int:
     if a.list_devices:
-        from .transcribe import list_devices
-
-        return list_devices()
+        list_devices(import_sounddevice())
+        return 0
     try:
         check_output_files({"--out": a.out, "--json": a.json}, [a.text_file] if a.text_file else [], a.force)
     except OutputPathError as e:
@@ -105,9 +105,7 @@ def run(a: argparse.Namespace) -> int:
     lines = read_lines(a) if a.text != "-" else None
     player = None
     if a.play:
-        from .mic import DeviceError
         from .player import Player
-        from .transcribe import import_sounddevice
 
         try:
             player = Player(import_sounddevice(), a.output_device)
@@ -117,21 +115,14 @@ def run(a: argparse.Namespace) -> int:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="moshi-mlx-demo-") as folder:
-            a.model, a.voice = build_demo(Path(folder), a.quiet)
+            from moshi_mlx.demo_speech import build_tts_checkpoint, voice_file_name
+
+            a.model = build_demo_model(Path(folder), a.quiet, build_tts_checkpoint, "TTS model",
+                                       "its speech is NOISE: it shows the program works, not what the real model "
+                                       "sounds like")
+            a.voice = str(Path(folder) / voice_file_name())
             return _speak(a, lines, player)
     return _speak(a, lines, player)
-
-
-def build_demo(folder: Path, quiet: bool) -> tuple[str, str]:
-    """--demo: a tiny random TTS checkpoint and voice in `folder`, clearly labelled; returns (model, voice)."""
-    from moshi_mlx.demo_speech import build_tts_checkpoint, voice_file_name
-
-    start = time.perf_counter()
-    build_tts_checkpoint(folder)
-    if not quiet:
-        print(f"demo: a tiny random TTS model built in {time.perf_counter() - start:.1f} s; its speech is NOISE: "
-              "it shows the program works, not what the real model sounds like", file=sys.stderr)
-    return str(folder), str(folder / voice_file_name())
 
 
 def _speak(a: argparse.Namespace, lines, player) -> int:
@@ -186,15 +177,8 @@ class _Nothing:
 
 
 def load_speaker(a: argparse.Namespace):
-    from moshi_mlx.loading import LoadError, load
-
-    if not a.quiet:
-        print(f"loading {a.model} ...", file=sys.stderr)
-    try:
-        model = load(a.model, revision=a.revision, dtype=a.dtype, kind="tts", need_tokenizer=True)
-        return model.speaker(voice=a.voice, cfg=a.cfg, temp=a.temp, seed=a.seed)
-    except LoadError as e:
-        fail(str(e))
+    return load_model(a, a.quiet, kind="tts",
+                      use=lambda model: model.speaker(voice=a.voice, cfg=a.cfg, temp=a.temp, seed=a.seed))
 
 
 def write_outputs(a: argparse.Namespace, pcm: np.ndarray, runs) -> None:

@@ -18,9 +18,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .cli_common import (EXIT_DEVICE, EXIT_INTERRUPTED, bounded_float, bounded_int, fail,
-                         make_parser, MAX_SEED)
+from .cli_common import (EXIT_DEVICE, EXIT_INTERRUPTED, MAX_SEED, bounded_float, bounded_int, build_demo_model,
+                         fail, load_model, make_parser)
 from .outputs import OutputPathError, check_output_files, write_text_atomic
+from .sound_devices import import_sounddevice, list_devices
 from .subtitles import to_srt
 
 DEFAULT_STT_REPO = "kyutai/stt-1b-en_fr-candle"
@@ -77,7 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(a: argparse.Namespace) -> int:
     if a.list_devices:
-        return list_devices()
+        list_devices(import_sounddevice())
+        return 0
     try:  # before anything slow
         check_output_files({"--json": a.json, "--srt": a.srt}, [a.input] if a.input else [], a.force)
     except OutputPathError as e:
@@ -86,21 +88,13 @@ def run(a: argparse.Namespace) -> int:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="moshi-mlx-demo-") as folder:
-            a.model = build_demo(Path(folder), a.quiet)
+            from moshi_mlx.demo_speech import build_stt_checkpoint
+
+            a.model = build_demo_model(Path(folder), a.quiet, build_stt_checkpoint, "STT model",
+                                       "its words are GIBBERISH: it shows the program works, not what the real "
+                                       "model hears")
             return run_mic(a) if a.mic else run_file(a)
     return run_mic(a) if a.mic else run_file(a)
-
-
-def build_demo(folder: Path, quiet: bool) -> str:
-    """--demo: a tiny random STT checkpoint in `folder`, clearly labelled; returns it as the --model value."""
-    from moshi_mlx.demo_speech import build_stt_checkpoint
-
-    start = time.perf_counter()
-    build_stt_checkpoint(folder)
-    if not quiet:
-        print(f"demo: a tiny random STT model built in {time.perf_counter() - start:.1f} s; its words are "
-              "GIBBERISH: it shows the program works, not what the real model hears", file=sys.stderr)
-    return str(folder)
 
 
 def run_file(a: argparse.Namespace) -> int:
@@ -122,34 +116,8 @@ def run_file(a: argparse.Namespace) -> int:
     return 0
 
 
-def list_devices() -> int:
-    sd = import_sounddevice()
-    devices = sd.query_devices()
-    if len(devices) == 0:
-        print("no sound devices found (is a sound card or PulseAudio/PipeWire running?)")
-        return EXIT_DEVICE
-    print(devices)
-    return 0
-
-
-def import_sounddevice():
-    try:
-        import sounddevice as sd
-    except OSError as e:  # the PortAudio shared library is missing
-        fail(f"cannot use audio: {e} (on Linux: `sudo apt-get install libportaudio2`)", EXIT_DEVICE)
-    return sd
-
-
 def load_transcriber(a: argparse.Namespace):
-    from moshi_mlx.loading import LoadError, load
-
-    if not a.quiet:
-        print(f"loading {a.model} ...", file=sys.stderr)
-    try:
-        model = load(a.model, revision=a.revision, dtype=a.dtype, kind="stt", need_tokenizer=True)
-        return model.transcriber(temp=a.temp, seed=a.seed)
-    except LoadError as e:
-        fail(str(e))
+    return load_model(a, a.quiet, kind="stt", use=lambda model: model.transcriber(temp=a.temp, seed=a.seed))
 
 
 def write_outputs(a: argparse.Namespace, transcript, turn_ends: set[int] = frozenset()) -> None:
@@ -184,7 +152,8 @@ def _transcribe_with_progress(stt, pcm):
 
 
 def run_mic(a: argparse.Namespace) -> int:
-    from .mic import DeviceError, Microphone, pick_device
+    from .mic import Microphone
+    from .sound_devices import DeviceError, pick_device
 
     sd = import_sounddevice()
     try:
