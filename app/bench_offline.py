@@ -25,11 +25,11 @@ from pathlib import Path
 
 try:
     from . import blas
-    from .bench_sides import REPO, add_reference_args, run_sides
+    from .bench_sides import REPO, add_reference_args, report, run_sides
     from .cli_parser import make_parser
 except ImportError:  # run as a script (the workers, Kyutai's side too): no parent package; app/ is on sys.path
     import blas
-    from bench_sides import REPO, add_reference_args, run_sides
+    from bench_sides import REPO, add_reference_args, report, run_sides
     from cli_parser import make_parser
 
 FRAME, RATE = 1920, 24000
@@ -181,10 +181,7 @@ def main(argv=None) -> int:
     for side, r in rows.items():
         print(f"{side:8} {r['wall_s']:8.2f} {r['wall_s'] / r['audio_s']:7.3f} {r['peak_rss_mb']:12.0f}  {r['mlx']}")
     print(f"ours / kyutai wall time: {rows['ours']['wall_s'] / rows['kyutai']['wall_s']:.2f}")
-    print(f"BLAS check ({blas.PROBE_SIZE}^2 fp32 matmul on the CPU, in each worker): "
-          + "; ".join(f"{side} {blas.describe(a.blas, r['blas'])}" for side, r in rows.items()))
-    if a.json:
-        a.json.write_text(json.dumps({"blas": blas_header, "checkpoint": str(a.checkpoint), "rows": rows}, indent=1))
+    report(a, blas_header, rows)
     return 0
 
 

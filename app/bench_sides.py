@@ -14,6 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+try:
+    from . import blas
+except ImportError:  # imported by a benchmark run as a script: app/ is on sys.path
+    import blas
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REF_PYTHON = REPO / ".ref" / "mlx" / "bin" / "python"
 SIDES = ("ours", "kyutai")
@@ -44,3 +49,13 @@ def run_sides(script: str | Path, ref_python: str, worker_args: list[str], env: 
             return None
         rows[side] = json.loads(r.stdout.strip().splitlines()[-1])
     return rows
+
+
+def report(a, blas_header: str, rows: dict[str, dict], **extra) -> None:
+    """The closing lines every side-by-side benchmark prints (each worker's BLAS check), and `--json`: the
+    BLAS, the checkpoint, `extra` and the rows."""
+    print(f"BLAS check ({blas.PROBE_SIZE}^2 fp32 matmul on the CPU, in each worker): "
+          + "; ".join(f"{side} {blas.describe(a.blas, r['blas'])}" for side, r in rows.items()))
+    if a.json:
+        a.json.write_text(json.dumps({"blas": blas_header, "checkpoint": str(a.checkpoint), **extra, "rows": rows},
+                                     indent=1))

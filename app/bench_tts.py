@@ -31,11 +31,11 @@ from pathlib import Path
 
 try:
     from . import blas
-    from .bench_sides import REPO, add_reference_args, run_sides
+    from .bench_sides import REPO, add_reference_args, report, run_sides
     from .cli_parser import make_parser
 except ImportError:  # run as a script (the workers, Kyutai's side too): no parent package; app/ is on sys.path
     import blas
-    from bench_sides import REPO, add_reference_args, run_sides
+    from bench_sides import REPO, add_reference_args, report, run_sides
     from cli_parser import make_parser
 
 FRAME, RATE = 1920, 24000
@@ -329,11 +329,7 @@ def main(argv=None) -> int:
         if ours["steps"] != theirs["steps"]:
             print(f"note: the two ran different step counts ({ours['steps']} vs {theirs['steps']}): compare "
                   "the time per step")
-    print(f"BLAS check ({blas.PROBE_SIZE}^2 fp32 matmul on the CPU, in each worker): "
-          + "; ".join(f"{side} {blas.describe(a.blas, r['blas'])}" for side, r in rows.items()))
-    if a.json:
-        a.json.write_text(json.dumps({"blas": blas_header, "checkpoint": str(a.checkpoint), "text": a.text,
-                                      "temp": a.temp, "rows": rows}, indent=1))
+    report(a, blas_header, rows, text=a.text, temp=a.temp)
     return 0
 
 

@@ -170,6 +170,7 @@ class Speaker:
         max_delay = max(audio_delays)
         fed: list[int] = []
         audio_steps: list[mx.array] = []  # [n_q] per step, lazy
+        frame_codes: list[mx.array] = []  # [n_q] per frame, undelayed, lazy
         decode_state = self.mimi.make_decode_state(1)
         pcm_frames: list[np.ndarray] = []
         initial_audio = mx.full((cfg.n_q,), cfg.card, dtype=mx.int32)
@@ -192,16 +193,14 @@ class Speaker:
                 audio = audio.astype(mx.int32)
             audio_steps.append(audio)
             frame = step - max_delay
+            if frame >= 0:  # frame `frame` is complete: its last codebooks were sampled now
+                frame_codes.append(self._frame(audio_steps, frame, audio_delays))
             if frame >= s.delay_steps:
-                codes = self._frame(audio_steps, frame, audio_delays)
-                pcm = self.mimi.decode_step(codes[None, :, None], decode_state, check_range=False)
+                pcm = self.mimi.decode_step(frame_codes[-1][None, :, None], decode_state, check_range=False)
                 out = np.array(pcm[0, 0])
                 pcm_frames.append(out)
                 yield out
-        mx.eval(audio_steps)
-        frames = max(0, len(audio_steps) - max_delay)
-        codes = np.stack([np.array(self._frame(audio_steps, f, audio_delays)) for f in range(frames)]) \
-            if frames else np.zeros((0, cfg.n_q), dtype=np.int32)
+        codes = np.array(mx.stack(frame_codes)) if frame_codes else np.zeros((0, cfg.n_q), dtype=np.int32)
         words = []
         for i, (word, start) in enumerate(state.transcript):
             end = state.transcript[i + 1][1] if i + 1 < len(state.transcript) else (
