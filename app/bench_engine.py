@@ -23,7 +23,8 @@ from pathlib import Path
 
 from . import blas
 from .cli_parser import make_parser
-from .bench_offline import REPO, make_checkpoint, test_signal
+from .bench_offline import REPO, make_checkpoint
+from .bench_sides import test_signal
 
 FRAME, RATE = 1920, 24000
 FRAME_S = FRAME / RATE

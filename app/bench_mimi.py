@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,9 +27,11 @@ import numpy as np
 try:
     from . import blas
     from .cli_parser import make_parser
+    from .memory import peak_rss_mb
 except ImportError:  # run as a script (the workers, Kyutai's side too): no parent package; app/ is on sys.path
     import blas
     from cli_parser import make_parser
+    from memory import peak_rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RATE = 24_000  # duplicated from moshi_mlx.constants: worker processes must not import our package
@@ -51,11 +52,6 @@ def write_random_checkpoint(path: Path, seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ workers
-
-
-def _peak_rss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
 def _make_codec(impl: str, weights: str, num_codebooks: int):
@@ -121,9 +117,9 @@ def worker(impl: str, weights: str, num_codebooks: int, frames: int, seed: int) 
             enc_ms.append(1e3 * (t1 - t0))
             dec_ms.append(1e3 * (t2 - t1))
         elif i == WARMUP_FRAMES - 1:
-            rss_warm = _peak_rss_mb()
+            rss_warm = peak_rss_mb()
         if (i + 1) % FRAMES_PER_MINUTE == 0:
-            rss_by_minute.append(round(_peak_rss_mb()))
+            rss_by_minute.append(round(peak_rss_mb()))
             print(f"  {impl}: {len(rss_by_minute)} min streamed, peak RSS {rss_by_minute[-1]} MB, "
                   f"median enc+dec {np.median(enc_ms) + np.median(dec_ms):.0f} ms", file=sys.stderr, flush=True)
     ops = None
@@ -139,7 +135,7 @@ def worker(impl: str, weights: str, num_codebooks: int, frames: int, seed: int) 
         "impl": impl, "frames": frames, "backend": backend,
         "encode_ms": [float(np.median(enc_ms)), float(np.percentile(enc_ms, 90))],
         "decode_ms": [float(np.median(dec_ms)), float(np.percentile(dec_ms, 90))],
-        "rss_warm_mb": rss_warm, "rss_end_mb": _peak_rss_mb(), "rss_by_minute_mb": rss_by_minute,
+        "rss_warm_mb": rss_warm, "rss_end_mb": peak_rss_mb(), "rss_by_minute_mb": rss_by_minute,
         "graph_ops": ops,
     }
 

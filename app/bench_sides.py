@@ -22,6 +22,7 @@ except ImportError:  # imported by a benchmark run as a script: app/ is on sys.p
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REF_PYTHON = REPO / ".ref" / "mlx" / "bin" / "python"
 SIDES = ("ours", "kyutai")
+RATE = 24_000
 
 
 def add_reference_args(p, only: bool = True) -> None:
@@ -59,3 +60,14 @@ def report(a, blas_header: str, rows: dict[str, dict], **extra) -> None:
     if a.json:
         a.json.write_text(json.dumps({"blas": blas_header, "checkpoint": str(a.checkpoint), **extra, "rows": rows},
                                      indent=1))
+
+
+def test_signal(seconds: float):
+    """A voice-like test input (a gliding tone with a syllable rhythm, a little noise), float32 24 kHz."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * RATE)) / RATE
+    f = 150 + 100 * np.sin(2 * np.pi * 0.7 * t)
+    x = 0.4 * np.sin(2 * np.pi * np.cumsum(f) / RATE) * (0.6 + 0.4 * np.sin(2 * np.pi * 2.5 * t))
+    return (x + 0.02 * rng.standard_normal(len(t))).astype(np.float32)

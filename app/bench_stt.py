@@ -25,11 +25,13 @@ from pathlib import Path
 
 try:
     from . import blas
-    from .bench_sides import REPO, add_reference_args, report, run_sides
+    from .bench_sides import REPO, add_reference_args, report, run_sides, test_signal
+    from .memory import peak_rss_mb, rss_mb
     from .cli_parser import make_parser
 except ImportError:  # run as a script (the workers, Kyutai's side too): no parent package; app/ is on sys.path
     import blas
-    from bench_sides import REPO, add_reference_args, report, run_sides
+    from bench_sides import REPO, add_reference_args, report, run_sides, test_signal
+    from memory import peak_rss_mb, rss_mb
     from cli_parser import make_parser
 
 FRAME, RATE, FRAME_RATE = 1920, 24000, 12.5
@@ -68,31 +70,6 @@ def make_checkpoint(out: Path, size: str) -> Path:
         write_random_checkpoint(partial, seed=0)
         partial.rename(folder / MIMI_NAME)
     return folder
-
-
-def test_signal(seconds: float):
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    t = np.arange(int(seconds * RATE)) / RATE
-    f = 150 + 100 * np.sin(2 * np.pi * 0.7 * t)
-    x = 0.4 * np.sin(2 * np.pi * np.cumsum(f) / RATE) * (0.6 + 0.4 * np.sin(2 * np.pi * 2.5 * t))
-    return (x + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def run_ours(folder: Path, seconds: float, warmup: float, dtype: str) -> dict:

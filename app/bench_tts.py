@@ -32,10 +32,12 @@ from pathlib import Path
 try:
     from . import blas
     from .bench_sides import REPO, add_reference_args, report, run_sides
+    from .memory import peak_rss_mb
     from .cli_parser import make_parser
 except ImportError:  # run as a script (the workers, Kyutai's side too): no parent package; app/ is on sys.path
     import blas
     from bench_sides import REPO, add_reference_args, report, run_sides
+    from memory import peak_rss_mb
     from cli_parser import make_parser
 
 FRAME, RATE = 1920, 24000
@@ -168,13 +170,6 @@ def make_checkpoint(out: Path, size: str) -> Path:
         mx.save_safetensors(str(voice), {"speaker_wavs": emb},
                             metadata={"sig": model_id["sig"], "epoch": str(model_id["epoch"])})
     return folder
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def run_ours(folder: Path, text: str, warmup_text: str, dtype: str, temp: float) -> dict:

@@ -24,6 +24,7 @@ from moshi_mlx.constants import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
 from .cli_common import (EXIT_DEVICE, EXIT_FAILURE, add_codec_device_arg, add_model_args, add_sampling_args,
                          bounded_float, bounded_int, build_demo_model, check_codec_device, compile_notice, fail, load_model,
                          make_engine, make_parser, sampling_from_args)
+from .memory import rss_mb
 from .sound_devices import import_sounddevice, list_devices, parse_device
 
 VOICES = {"moshiko": "kyutai/moshiko-mlx", "moshika": "kyutai/moshika-mlx"}
@@ -346,21 +347,6 @@ def _ui_loop(a, session, stream, stop: threading.Event, transcript: list[str], d
             live.stop()
         if stats_log is not None:
             stats_log.maybe_write(force=True)
-
-
-def rss_mb() -> float:
-    """Resident memory now (Linux), else the peak so far (macOS reports no current value cheaply)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 class StatsLog:
